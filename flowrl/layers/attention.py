@@ -1,0 +1,171 @@
+"""Multi-head attention modules: Flow-Attention and the softmax baseline, with one signature.
+
+Both map ``x [B, L, dim] -> [B, L, dim]``; projections are named like the Flowformer reference module
+(``query_projection``, ``key_projection``, ``value_projection``, ``out_projection``), so a reference
+state dict loads one-to-one. Causal modules carry a state for incremental decoding: a
+:class:`~flowrl.ops.FlowState` (constant size) for flow, a :class:`KVCache` (grows with L) for softmax.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowrl.ops import FlowState, flow_attention
+
+__all__ = ["FlowAttention", "SoftmaxAttention", "KVCache"]
+
+
+class KVCache(NamedTuple):
+    """Keys and values of the tokens seen so far, [B, H, T, D] and [B, H, T, M]."""
+
+    k: Tensor
+    v: Tensor
+
+
+class _MultiHead(nn.Module):
+    def __init__(self, dim: int, heads: int, *, causal: bool = False, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"{type(self).__name__}: dim={dim} is not divisible by heads={heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {dropout}")
+        self.dim, self.heads, self.causal = dim, heads, causal
+        self.query_projection = nn.Linear(dim, dim, bias=bias)
+        self.key_projection = nn.Linear(dim, dim, bias=bias)
+        self.value_projection = nn.Linear(dim, dim, bias=bias)
+        self.out_projection = nn.Linear(dim, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor, proj: nn.Linear) -> Tensor:
+        B, L, _ = x.shape
+        return proj(x).view(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, dim/H)
+
+    def _merge(self, y: Tensor) -> Tensor:
+        B, H, L, Dh = y.shape
+        return self.dropout(self.out_projection(y.transpose(1, 2).reshape(B, L, H * Dh)))
+
+    def _check(self, x: Tensor, context: Tensor | None, padding_mask: Tensor | None, state) -> None:
+        name = type(self).__name__
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"{name}: x has shape {tuple(x.shape)}, expected [B, L, {self.dim}]")
+        if context is not None:
+            if self.causal:
+                raise ValueError(f"{name}: cross-attention (context) needs causal=False")
+            if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.dim:
+                raise ValueError(
+                    f"{name}: context has shape {tuple(context.shape)}, expected [{x.shape[0]}, S, {self.dim}]"
+                )
+        if padding_mask is not None and self.causal:
+            raise ValueError(f"{name}: padding_mask is for causal=False; pad causal inputs on the right")
+        if state is not None and not self.causal:
+            raise ValueError(f"{name}: state needs causal=True")
+
+
+class FlowAttention(_MultiHead):
+    """Multi-head Flow-Attention (Flowformer). ``clamp`` bounds the conserved source flow.
+
+    Example::
+
+        attn = FlowAttention(64, heads=4, causal=True)
+        y, state = attn(x[:, :10], return_state=True)
+        y_next, state = attn(x[:, 10:11], state=state, return_state=True)  # O(1) in the prefix length
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        causal: bool = False,
+        dropout: float = 0.0,
+        clamp: float = 1.0,
+        eps: float = 1e-6,
+        chunk: int = 64,
+        bias: bool = True,
+    ):
+        super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
+        self.clamp, self.eps, self.chunk = clamp, eps, chunk
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        padding_mask: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+        state: FlowState | None = None,
+        return_state: bool = False,
+    ):
+        """x [B, L, dim]; context [B, S, dim] for cross-attention (default: x). Masks are bool, True = pad."""
+        self._check(x, context, padding_mask, state)
+        src = x if context is None else context
+        kpm = padding_mask if context is None else context_padding_mask
+        q = self._split(x, self.query_projection)
+        k = self._split(src, self.key_projection)
+        v = self._split(src, self.value_projection)
+        if self.causal:
+            out = flow_attention(
+                q, k, v, causal=True, eps=self.eps, clamp=self.clamp, state=state,
+                return_state=return_state, chunk=self.chunk,
+            )
+            y, new_state = out if return_state else (out, None)
+        else:
+            y = flow_attention(
+                q, k, v, eps=self.eps, clamp=self.clamp, key_padding_mask=kpm, query_padding_mask=padding_mask
+            )
+            new_state = None
+        y = self._merge(y)
+        return (y, new_state) if return_state else y
+
+
+class SoftmaxAttention(_MultiHead):
+    """Multi-head softmax attention on ``scaled_dot_product_attention``: the baseline, same signature."""
+
+    def __init__(self, dim: int, heads: int, *, causal: bool = False, dropout: float = 0.0, bias: bool = True):
+        super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        padding_mask: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+        state: KVCache | None = None,
+        return_state: bool = False,
+    ):
+        self._check(x, context, padding_mask, state)
+        src = x if context is None else context
+        kpm = padding_mask if context is None else context_padding_mask
+        q = self._split(x, self.query_projection)
+        k = self._split(src, self.key_projection)
+        v = self._split(src, self.value_projection)
+        new_state = None
+        if self.causal:
+            if state is not None:
+                if state.k.shape[0] != x.shape[0] or state.k.shape[1] != self.heads:
+                    raise ValueError(
+                        f"SoftmaxAttention: state has shape {tuple(state.k.shape)}, expected "
+                        f"[{x.shape[0]}, {self.heads}, T, {self.dim // self.heads}]"
+                    )
+                k = torch.cat([state.k.to(k.dtype), k], dim=2)
+                v = torch.cat([state.v.to(v.dtype), v], dim=2)
+            if return_state:
+                new_state = KVCache(k, v)
+            L, S = q.shape[2], k.shape[2]
+            if S == L:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:  # queries are the last L of S positions
+                mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(diagonal=S - L)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            mask = None if kpm is None else (~kpm)[:, None, None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if padding_mask is not None:
+                y = y * (~padding_mask)[:, None, :, None].to(y.dtype)
+        y = self._merge(y)
+        return (y, new_state) if return_state else y
