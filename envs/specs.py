@@ -57,8 +57,10 @@ def get_spec(name: str) -> EnvSpec:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"env name must be a non-empty string, got {name!r}")
     key = name.strip()
-    if key.startswith("mujoco/"):
-        key = key.split("/")[1]
+    if "/" in key:
+        # Minari ids are "namespace/env/dataset-vN" ("mujoco/hopper/medium-v0", "flowrl/hopper/medium-v0"):
+        # the environment is the second-to-last component.
+        key = key.split("/")[-2]
     m = re.fullmatch(r"([A-Za-z0-9]+)-v(\d+)", key)
     if m and m.group(1).lower() in _GYM_NAMES:
         spec = SPECS[_GYM_NAMES[m.group(1).lower()]]
@@ -67,10 +69,20 @@ def get_spec(name: str) -> EnvSpec:
     if base in SPECS:
         return SPECS[base]
     if m:
-        return EnvSpec(name=key, gym_id=key)
+        return EnvSpec(name=key, gym_id=key, max_episode_steps=_registry_max_episode_steps(key))
     raise ValueError(
         f"unknown environment {name!r}; known: {', '.join(sorted(SPECS))}, or a gymnasium id such as 'Hopper-v5'"
     )
+
+
+def _registry_max_episode_steps(gym_id: str, default: int = 1000) -> int:
+    """The time limit gymnasium registers for ``gym_id`` (``default`` if unregistered or unlimited)."""
+    import gymnasium  # lazy: keep ``import flowrl.envs`` light
+
+    registered = gymnasium.envs.registration.registry.get(gym_id)
+    if registered is None or registered.max_episode_steps is None:
+        return default
+    return int(registered.max_episode_steps)
 
 
 def normalized_score(env: str | EnvSpec, returns, *, ref_min: float | None = None, ref_max: float | None = None):

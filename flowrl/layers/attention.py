@@ -109,8 +109,15 @@ class FlowAttention(_MultiHead):
         v = self._split(src, self.value_projection)
         if self.causal:
             out = flow_attention(
-                q, k, v, causal=True, eps=self.eps, clamp=self.clamp, state=state,
-                return_state=return_state, chunk=self.chunk,
+                q,
+                k,
+                v,
+                causal=True,
+                eps=self.eps,
+                clamp=self.clamp,
+                state=state,
+                return_state=return_state,
+                chunk=self.chunk,
             )
             y, new_state = out if return_state else (out, None)
         else:

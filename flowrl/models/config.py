@@ -110,8 +110,14 @@ class FlowformerConfig(JsonConfig):
     def __post_init__(self) -> None:
         _check(self.dim >= 1, "dim", f"must be >= 1, got {self.dim}")
         _check(self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
-        _check(self.heads >= 1 and self.dim % self.heads == 0, "heads", f"={self.heads} must divide dim={self.dim}")
-        _check(self.attention in ("flow", "softmax"), "attention", f"must be 'flow' or 'softmax', got {self.attention!r}")
+        _check(
+            self.heads >= 1 and self.dim % self.heads == 0,
+            "heads",
+            f"must divide dim (got heads={self.heads}, dim={self.dim})",
+        )
+        _check(
+            self.attention in ("flow", "softmax"), "attention", f"must be 'flow' or 'softmax', got {self.attention!r}"
+        )
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         _check(self.mlp_ratio > 0, "mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
         _check(self.activation in ("gelu", "relu"), "activation", f"must be 'gelu' or 'relu', got {self.activation!r}")

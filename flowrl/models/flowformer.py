@@ -24,8 +24,17 @@ class Flowformer(nn.Module):
         c = config
         self.blocks = nn.ModuleList(
             Block(
-                c.dim, c.heads, attention=c.attention, causal=c.causal, dropout=c.dropout, mlp_ratio=c.mlp_ratio,
-                activation=c.activation, clamp=c.clamp, eps=c.eps, chunk=c.chunk, norm_eps=c.norm_eps,
+                c.dim,
+                c.heads,
+                attention=c.attention,
+                causal=c.causal,
+                dropout=c.dropout,
+                mlp_ratio=c.mlp_ratio,
+                activation=c.activation,
+                clamp=c.clamp,
+                eps=c.eps,
+                chunk=c.chunk,
+                norm_eps=c.norm_eps,
             )
             for _ in range(c.depth)
         )
