@@ -11,13 +11,17 @@ the last checkpoint after an interruption. A run directory holds::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -180,7 +184,6 @@ def train_behavior(
     after each checkpoint is committed (tests use it to simulate a crash).
     """
     import torch
-
     from flowrl.envs.specs import get_spec
 
     torch.set_num_threads(1)
@@ -273,18 +276,506 @@ def _tqdm(**kwargs):
     return tqdm(**kwargs)
 
 
-def _main_train(argv: list[str] | None = None) -> int:
-    """``python -m flowrl.envs.collect ENV RUN_DIR [STEPS [CHECKPOINT_EVERY [ALGO [SEED]]]]``: training only."""
-    args = sys.argv[1:] if argv is None else argv
-    env, run_dir = args[0], args[1]
-    steps = int(args[2]) if len(args) > 2 else 300_000
-    every = int(args[3]) if len(args) > 3 else 10_000
-    algo = args[4] if len(args) > 4 else "sac"
-    seed = int(args[5]) if len(args) > 5 else 0
-    cfg = TrainConfig(env=env, algo=algo, steps=steps, checkpoint_every=every, seed=seed)
-    train_behavior(cfg, run_dir, command=" ".join(["python -m flowrl.envs.collect", *args]))
-    return 0
+# ----------------------------------------------------------------------------------------------- recording
+def dataset_id(env: str, level: str) -> str:
+    """Minari id of a flowrl-collected dataset: ``flowrl/<env>/<level>-v0`` (``flowrl/hopper/medium-v0``)."""
+    from flowrl.envs.specs import get_spec
+
+    name = re.sub(r"-v\d+$", "", get_spec(env).name).lower()
+    return f"flowrl/{name}/{level}-v0"
 
 
-if __name__ == "__main__":
-    sys.exit(_main_train())
+def _flat_dims(spec) -> tuple[int, int, np.ndarray, np.ndarray]:
+    env = _make_env(spec.gym_id, spec.max_episode_steps)
+    try:
+        obs_dim = int(np.prod(env.observation_space.shape))
+        act_dim = int(np.prod(env.action_space.shape))
+        return obs_dim, act_dim, np.asarray(env.action_space.low), np.asarray(env.action_space.high)
+    finally:
+        env.close()
+
+
+def record(
+    spec,
+    transitions: int,
+    policy=None,
+    *,
+    deterministic: bool = False,
+    seed: int = 0,
+    num_envs: int = 16,
+    progress: bool = True,
+    desc: str = "record",
+) -> dict[str, Any]:
+    """Roll out ``policy`` (None: uniform random actions) for exactly ``transitions`` steps.
+
+    ``num_envs`` copies of the env step in lockstep (a gymnasium vector env; the policy sees one batch per
+    step). Each copy contributes ``transitions / num_envs`` steps; its episode in flight when its share is used
+    up is cut and flagged as a timeout (D4RL does the same at the end of a file). Copy ``i`` is reset with seed
+    ``seed + i``; actions are drawn from generators seeded with ``seed``, so a call is reproducible.
+
+    Returns flat float32 arrays ``observations`` [N, obs], ``next_observations`` [N, obs], ``actions``
+    [N, act], ``rewards`` [N] and bool ``terminals``, ``timeouts`` [N] (episodes in env-copy order), plus
+    ``episode_returns`` (episodes that ended by termination or time limit) and ``cut_returns`` (cut ones).
+    """
+    import gymnasium as gym
+    import torch
+
+    if transitions <= 0:
+        raise ValueError(f"transitions must be positive, got {transitions}")
+    num_envs = max(1, min(num_envs, transitions))
+    budget = [transitions // num_envs + (i < transitions % num_envs) for i in range(num_envs)]
+    venv = gym.vector.SyncVectorEnv(
+        [lambda: _make_env(spec.gym_id, spec.max_episode_steps) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    low, high = venv.single_action_space.low, venv.single_action_space.high
+    if policy is None and not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ValueError(f"{spec.gym_id} has an unbounded action space; uniform random actions are undefined")
+    keys = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
+    per_env: list[dict[str, list]] = [{k: [] for k in keys} for _ in range(num_envs)]
+    count = [0] * num_envs
+    running = np.zeros(num_envs)
+    ep_returns: list[float] = []
+    cut_returns: list[float] = []
+    bar = _tqdm(total=transitions, desc=desc, disable=not progress, unit="step", mininterval=0.5)
+    try:
+        obs, _ = venv.reset(seed=seed)
+        while min(c - b for c, b in zip(count, budget)) < 0:
+            if policy is None:
+                act = rng.uniform(low, high, size=(num_envs, len(low))).astype(np.float32)
+            else:
+                act = policy.act(obs, deterministic=deterministic, generator=gen)
+            nxt, rew, term, trunc, info = venv.step(act)
+            final = nxt.copy()
+            if "_final_obs" in info:
+                for i in np.flatnonzero(info["_final_obs"]):
+                    final[i] = info["final_obs"][i]
+            running += rew
+            for i in range(num_envs):
+                if count[i] >= budget[i]:
+                    continue
+                count[i] += 1
+                d = per_env[i]
+                cut = count[i] == budget[i] and not (term[i] or trunc[i])
+                d["observations"].append(obs[i])
+                d["next_observations"].append(final[i])
+                d["actions"].append(act[i])
+                d["rewards"].append(rew[i])
+                d["terminals"].append(bool(term[i]))
+                d["timeouts"].append(bool(trunc[i] and not term[i]) or cut)
+                if term[i] or trunc[i]:
+                    ep_returns.append(float(running[i]))
+                elif cut:
+                    cut_returns.append(float(running[i]))
+            running[term | trunc] = 0.0
+            obs = nxt
+            bar.update(int(sum(min(c, b) for c, b in zip(count, budget))) - bar.n)
+    finally:
+        bar.close()
+        venv.close()
+    out: dict[str, Any] = {
+        "observations": np.asarray([o for d in per_env for o in d["observations"]], dtype=np.float32),
+        "next_observations": np.asarray([o for d in per_env for o in d["next_observations"]], dtype=np.float32),
+        "actions": np.asarray([a for d in per_env for a in d["actions"]], dtype=np.float32),
+        "rewards": np.asarray([r for d in per_env for r in d["rewards"]], dtype=np.float32),
+        "terminals": np.asarray([t for d in per_env for t in d["terminals"]], dtype=bool),
+        "timeouts": np.asarray([t for d in per_env for t in d["timeouts"]], dtype=bool),
+    }
+    out["episode_returns"] = np.asarray(ep_returns, dtype=np.float64)
+    out["cut_returns"] = np.asarray(cut_returns, dtype=np.float64)
+    return out
+
+
+def measure_returns(spec, policy=None, episodes: int = 100, *, deterministic: bool = False, seed: int = 0,
+                    num_envs: int = 16, progress: bool = True, desc: str = "measure") -> np.ndarray:
+    """Returns of ``episodes`` whole episodes of ``policy`` (None: uniform random), batched over env copies."""
+    import gymnasium as gym
+    import torch
+
+    num_envs = max(1, min(num_envs, episodes))
+    venv = gym.vector.SyncVectorEnv(
+        [lambda: _make_env(spec.gym_id, spec.max_episode_steps) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    low, high = venv.single_action_space.low, venv.single_action_space.high
+    # Copy i plays episodes i, i + num_envs, ...: a fixed assignment, so the result does not depend on timing.
+    quota = [len(range(i, episodes, num_envs)) for i in range(num_envs)]
+    returns: list[list[float]] = [[] for _ in range(num_envs)]
+    running = np.zeros(num_envs)
+    bar = _tqdm(total=episodes, desc=desc, disable=not progress, unit="ep")
+    try:
+        obs, _ = venv.reset(seed=seed)
+        while any(len(r) < q for r, q in zip(returns, quota)):
+            if policy is None:
+                act = rng.uniform(low, high, size=(num_envs, len(low))).astype(np.float32)
+            else:
+                act = policy.act(obs, deterministic=deterministic, generator=gen)
+            obs, rew, term, trunc, _ = venv.step(act)
+            running += rew
+            for i in np.flatnonzero(term | trunc):
+                if len(returns[i]) < quota[i]:
+                    returns[i].append(float(running[i]))
+                    bar.update(1)
+                running[i] = 0.0
+    finally:
+        bar.close()
+        venv.close()
+    return np.asarray([r for rs in returns for r in rs], dtype=np.float64)
+
+
+def buffer_transitions(run_dir: str | os.PathLike, n: int, action_low, action_high) -> dict[str, Any]:
+    """The first ``n`` replay-buffer transitions of a run as flat D4RL arrays (actions in env units).
+
+    SB3 stores actions squashed to [-1, 1]; they are mapped back to ``[action_low, action_high]``. The last
+    transition is flagged as a timeout when its episode was still running at step ``n``.
+    """
+    b = load_buffer(run_dir, n)
+    low = np.asarray(action_low, dtype=np.float64)
+    high = np.asarray(action_high, dtype=np.float64)
+    actions = (low + 0.5 * (b["actions"].astype(np.float64) + 1.0) * (high - low)).astype(np.float32)
+    dones = b["dones"] > 0.5
+    timeouts = (b["timeouts"] > 0.5) & dones
+    terminals = dones & ~timeouts
+    timeouts[-1] |= not dones[-1]
+    ends = np.flatnonzero(terminals | timeouts)
+    rew = b["rewards"].astype(np.float64)
+    csum = np.concatenate([[0.0], np.cumsum(rew)])
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    returns = csum[ends + 1] - csum[starts]
+    return {
+        "observations": b["observations"].astype(np.float32),
+        "next_observations": b["next_observations"].astype(np.float32),
+        "actions": actions,
+        "rewards": b["rewards"].astype(np.float32),
+        "terminals": terminals,
+        "timeouts": timeouts,
+        "episode_returns": returns,
+        "cut_returns": np.zeros(0),
+    }
+
+
+def concat_levels(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Concatenate recorded levels (medium-expert = medium + expert); every part ends with a flagged step."""
+    keys = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts",
+            "episode_returns", "cut_returns")
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
+def select_medium(checkpoints: list[dict], fraction: float = 1 / 3) -> dict:
+    """The first checkpoint whose evaluated return reaches ``fraction`` of the final (last) checkpoint's.
+
+    Returns are shifted by the lowest evaluated return first, so the rule also works where returns are
+    negative (with non-negative returns and a near-zero worst checkpoint it is the plain D4RL-like rule).
+    """
+    if not checkpoints:
+        raise ValueError("the run has no checkpoints to choose a medium policy from")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"medium fraction must be in (0, 1], got {fraction}")
+    rets = np.asarray([c["eval_return_mean"] for c in checkpoints], dtype=np.float64)
+    base = min(0.0, float(rets.min()))
+    target = base + fraction * (rets[-1] - base)
+    for c, r in zip(checkpoints, rets):
+        if r >= target:
+            return c
+    return checkpoints[-1]
+
+
+def summarize(arrays: dict[str, Any]) -> dict[str, Any]:
+    """Counts and return statistics of recorded arrays (complete episodes when there are any)."""
+    rets = arrays["episode_returns"]
+    use = rets if len(rets) else arrays["cut_returns"]
+    return {
+        "transitions": int(len(arrays["rewards"])),
+        "episodes": int(np.count_nonzero(arrays["terminals"] | arrays["timeouts"])),
+        "complete_episodes": int(len(rets)),
+        "mean_return": float(np.mean(use)) if len(use) else None,
+        "std_return": float(np.std(use)) if len(use) else None,
+        "min_return": float(np.min(use)) if len(use) else None,
+        "max_return": float(np.max(use)) if len(use) else None,
+    }
+
+
+def write_level(dataset: str, arrays: dict[str, Any], spec, metadata: dict[str, Any], *,
+                overwrite: bool = False) -> Path:
+    """Write recorded arrays as the Minari dataset ``dataset`` (atomic; refuses an existing id)."""
+    from flowrl.envs.minari_io import write_minari_dataset
+
+    try:
+        return write_minari_dataset(
+            dataset, arrays["observations"], arrays["actions"], arrays["rewards"], arrays["terminals"],
+            arrays["timeouts"], env_id=spec.gym_id, metadata=metadata,
+            next_observations=arrays["next_observations"], overwrite=overwrite,
+        )
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {dataset!r}") from None
+        raise
+
+
+def estimate_bytes(transitions: int, obs_dim: int, act_dim: int) -> int:
+    """Rough on-disk size of a written dataset, staging copy included (float32 arrays + flags, ×2)."""
+    return int(2 * transitions * (4 * (obs_dim + act_dim + 1) + 2)) + (1 << 20)
+
+
+def check_free_space(path: str | os.PathLike, needed: int, what: str) -> None:
+    """OSError(ENOSPC) with one clear line when the filesystem holding ``path`` has less than ``needed``."""
+    p = Path(path).expanduser().resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    free = shutil.disk_usage(p).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"not enough disk space for {what}: need about {needed / 2**20:.0f} MiB "
+                                    f"at {p}, {free / 2**20:.0f} MiB free")
+
+
+def _version() -> str:
+    try:
+        from flowrl import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------- orchestration
+LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+POLICY_LEVELS = ("medium", "expert")
+DEFAULT_TRANSITIONS = 100_000
+DEFAULT_DATASETS = {"hopper-medium": ("hopper", "medium", "hopper_medium_sac")}
+
+
+def parse_levels(levels) -> tuple[str, ...]:
+    """``"random,medium"`` or a sequence -> validated tuple in canonical order; ``all`` means every level."""
+    items = [x.strip() for x in (levels.split(",") if isinstance(levels, str) else levels) if x.strip()]
+    if items == ["all"]:
+        return LEVELS
+    bad = [x for x in items if x not in LEVELS]
+    if bad or not items:
+        raise ValueError(f"unknown level {', '.join(map(repr, bad)) or '(none)'}; choose from {', '.join(LEVELS)}")
+    return tuple(x for x in LEVELS if x in items)
+
+
+@dataclass
+class CollectConfig(TrainConfig):
+    """``flowrl collect ENV``: train a behaviour policy, then record D4RL-style levels as Minari datasets."""
+
+    levels: tuple[str, ...] = LEVELS
+    """Levels to write: random, medium, medium-replay, expert, medium-expert."""
+    transitions: int = DEFAULT_TRANSITIONS
+    """Transitions per recorded level (random, medium, expert); D4RL used 1M, 100k keeps a run in minutes."""
+    medium_fraction: float = 1 / 3
+    """Medium = first checkpoint whose evaluated return reaches this fraction of the final return."""
+    ref_episodes: int = 100
+    """Episodes for measured reference scores (envs without D4RL constants)."""
+    num_envs: int = 16
+    """Env copies stepped together while recording."""
+    run_dir: str | None = None
+    """Training run directory (default ``~/.cache/flowrl/collect/<env>-<algo>-seed<seed>``)."""
+    overwrite: bool = False
+    """Replace existing datasets with the same ids."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.levels = parse_levels(self.levels)
+        if self.transitions <= 0 or self.ref_episodes <= 0 or self.num_envs <= 0:
+            raise ValueError("transitions, ref_episodes and num_envs must be positive")
+        if not 0.0 < self.medium_fraction <= 1.0:
+            raise ValueError(f"medium fraction must be in (0, 1], got {self.medium_fraction}")
+
+
+def default_run_dir(env: str, algo: str, seed: int) -> Path:
+    base = Path(os.environ.get("FLOWRL_CACHE") or Path.home() / ".cache" / "flowrl")
+    return base / "collect" / f"{env}-{algo}-seed{seed}"
+
+
+def _reference_scores(spec, cfg: CollectConfig, expert_policy, progress: bool) -> dict[str, Any]:
+    if spec.has_reference:
+        return {"ref_min_score": spec.ref_min_score, "ref_max_score": spec.ref_max_score, "ref_source": "D4RL"}
+    lo = measure_returns(spec, None, cfg.ref_episodes, seed=cfg.seed + 20_000, num_envs=cfg.num_envs,
+                         progress=progress, desc="ref: random")
+    out: dict[str, Any] = {"ref_min_score": float(lo.mean()), "ref_source": f"measured over {len(lo)} episodes"}
+    if expert_policy is not None:
+        hi = measure_returns(spec, expert_policy, cfg.ref_episodes, seed=cfg.seed + 30_000, num_envs=cfg.num_envs,
+                             progress=progress, desc="ref: expert")
+        out["ref_max_score"] = float(hi.mean())
+    return out
+
+
+def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callable[[dict], None] | None = None,
+            command: str | None = None) -> dict[str, dict[str, Any]]:
+    """Train (or resume) the behaviour policy and write the requested levels; returns ``{level: info}``.
+
+    Every target id is checked before any work (existing ones refused unless ``overwrite``), and so is the
+    free disk space. Each dataset is written atomically.
+    """
+    from flowrl.envs.behavior import from_sb3
+    from flowrl.envs.minari_io import minari_root
+    from flowrl.envs.specs import get_spec
+
+    spec = get_spec(cfg.env)
+    obs_dim, act_dim, low, high = _flat_dims(spec)
+    ids = {lv: dataset_id(cfg.env, lv) for lv in cfg.levels}
+    root = minari_root()
+    if not cfg.overwrite:
+        taken = [i for i in ids.values() if (root / i).exists()]
+        if taken:
+            raise FileExistsError(f"dataset {taken[0]!r} already exists in {root} (pass --overwrite to replace it)")
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(spec.name, cfg.algo, cfg.seed)
+    n_ckpt = -(-cfg.steps // cfg.checkpoint_every)
+    sizes = {"random": cfg.transitions, "medium": cfg.transitions, "expert": cfg.transitions,
+             "medium-replay": cfg.steps, "medium-expert": 2 * cfg.transitions}
+    check_free_space(root, sum(estimate_bytes(sizes[lv], obs_dim, act_dim) for lv in cfg.levels), "the datasets")
+    needs_policy = any(lv != "random" for lv in cfg.levels) or not spec.has_reference
+    if needs_policy and not (run_dir / RUN_FILE).is_file():
+        ckpt_bytes = 40 * (obs_dim + act_dim + 256) * 256 + (1 << 20)  # SB3 zip: actor, critics, optimizers
+        check_free_space(run_dir, n_ckpt * ckpt_bytes + estimate_bytes(cfg.steps, 2 * obs_dim, act_dim),
+                         "the training run")
+
+    state, medium_ck, final_ck, policies = None, None, None, {}
+    if needs_policy:
+        train_cfg = TrainConfig(env=cfg.env, algo=cfg.algo, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
+                                eval_episodes=cfg.eval_episodes, seed=cfg.seed, device=cfg.device)
+        state = train_behavior(train_cfg, run_dir, progress=progress, on_checkpoint=on_checkpoint, command=command)
+        ckpts = [c for c in state["checkpoints"] if c["step"] <= cfg.steps]
+        final_ck = ckpts[-1]
+        medium_ck = select_medium(ckpts, cfg.medium_fraction)
+        for name, ck in (("medium", medium_ck), ("expert", final_ck)):
+            policies[name] = from_sb3(_load_model(cfg.algo, run_dir / ck["model"]))
+    refs = _reference_scores(spec, cfg, policies.get("expert"), progress)
+
+    common = {"env_name": spec.name, "gym_id": spec.gym_id, "seed": cfg.seed, "flowrl_version": _version(),
+              "command": command, **refs}
+    if state is not None:
+        common.update(training_algorithm=f"SB3 {cfg.algo.upper()}", training_steps=final_ck["step"],
+                      run_dir=str(run_dir), medium_fraction=cfg.medium_fraction)
+    recorded: dict[str, dict[str, Any]] = {}
+
+    def get(level: str) -> dict[str, Any]:
+        if level not in recorded:
+            if level == "random":
+                arr = record(spec, cfg.transitions, None, seed=cfg.seed, num_envs=cfg.num_envs, progress=progress,
+                             desc="record random")
+                meta = {"algorithm_name": "uniform random actions", "policy": "uniform random"}
+            elif level in POLICY_LEVELS:
+                ck = medium_ck if level == "medium" else final_ck
+                arr = record(spec, cfg.transitions, policies[level], seed=cfg.seed + 1 + LEVELS.index(level),
+                             num_envs=cfg.num_envs, progress=progress, desc=f"record {level}")
+                meta = {"algorithm_name": f"SB3 {cfg.algo.upper()} (stochastic actions)",
+                        "policy": f"{run_dir / ck['model']}", "policy_step": ck["step"],
+                        "eval_return": ck["eval_return_mean"]}
+            elif level == "medium-replay":
+                arr = buffer_transitions(run_dir, medium_ck["step"], low, high)
+                meta = {"algorithm_name": f"SB3 {cfg.algo.upper()} replay buffer",
+                        "policy": "replay buffer up to the medium checkpoint", "policy_step": medium_ck["step"],
+                        "eval_return": medium_ck["eval_return_mean"]}
+            else:
+                arr = concat_levels(get("medium")[0], get("expert")[0])
+                meta = {"algorithm_name": f"SB3 {cfg.algo.upper()} medium + expert",
+                        "policy": "medium and expert checkpoints", "policy_step": [medium_ck["step"], final_ck["step"]],
+                        "eval_return": [medium_ck["eval_return_mean"], final_ck["eval_return_mean"]]}
+            recorded[level] = (arr, meta)
+        return recorded[level]
+
+    out: dict[str, dict[str, Any]] = {}
+    for level in cfg.levels:
+        arr, meta = get(level)
+        stats = summarize(arr)
+        meta = {**common, **meta, "level": level, **stats}
+        path = write_level(ids[level], arr, spec, meta, overwrite=cfg.overwrite)
+        out[level] = {"dataset_id": ids[level], "path": str(path), **stats,
+                      **{k: meta[k] for k in ("policy_step", "eval_return") if k in meta}}
+        if progress:
+            print(f"wrote {ids[level]}: {stats['transitions']} transitions, {stats['episodes']} episodes, "
+                  f"mean return {stats['mean_return']:.1f}", file=sys.stderr)
+    return out
+
+
+def collect_from_policy(env: str, policy_path: str | os.PathLike, level: str, transitions: int = DEFAULT_TRANSITIONS,
+                        *, seed: int = 0, deterministic: bool = False, num_envs: int = 16, overwrite: bool = False,
+                        dataset: str | None = None, ref_episodes: int = 100, progress: bool = True,
+                        command: str | None = None) -> dict[str, Any]:
+    """Record ``transitions`` steps of an existing policy (SB3 SAC/TD3 ``.zip`` or flowrl ``.pt``) as a level."""
+    from flowrl.envs.behavior import load_behavior
+    from flowrl.envs.minari_io import minari_root
+    from flowrl.envs.specs import get_spec
+
+    spec = get_spec(env)
+    if level not in POLICY_LEVELS:
+        if level in LEVELS:
+            raise ValueError(f"level {level!r} cannot be recorded from one policy; --from-policy records "
+                             f"{' or '.join(POLICY_LEVELS)}")
+        raise ValueError(f"unknown level {level!r}; --from-policy records {' or '.join(POLICY_LEVELS)}")
+    if transitions <= 0:
+        raise ValueError(f"transitions must be positive, got {transitions}")
+    ds_id = dataset or dataset_id(env, level)
+    root = minari_root()
+    if (root / ds_id).exists() and not overwrite:
+        raise FileExistsError(f"dataset {ds_id!r} already exists in {root} (pass --overwrite to replace it)")
+    obs_dim, act_dim, _, _ = _flat_dims(spec)
+    policy = load_behavior(policy_path)
+    if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
+        raise ValueError(f"policy {policy_path} is for observations of size {policy.obs_dim} and actions of size "
+                         f"{policy.act_dim}; {spec.gym_id} has {obs_dim} and {act_dim}")
+    check_free_space(root, estimate_bytes(transitions, obs_dim, act_dim), f"dataset {ds_id!r}")
+    arr = record(spec, transitions, policy, deterministic=deterministic, seed=seed, num_envs=num_envs,
+                 progress=progress, desc=f"record {level}")
+    if spec.has_reference:
+        refs = {"ref_min_score": spec.ref_min_score, "ref_max_score": spec.ref_max_score, "ref_source": "D4RL"}
+    else:
+        lo = measure_returns(spec, None, ref_episodes, seed=seed + 20_000, num_envs=num_envs, progress=progress,
+                             desc="ref: random")
+        refs = {"ref_min_score": float(lo.mean()), "ref_source": f"measured over {len(lo)} episodes"}
+    info = getattr(policy, "info", {})
+    meta = {"env_name": spec.name, "gym_id": spec.gym_id, "level": level, "seed": seed, "command": command,
+            "flowrl_version": _version(), "policy": str(Path(policy_path).resolve()),
+            "algorithm_name": f"{policy.kind.upper()} policy ({'deterministic' if deterministic else 'stochastic'})",
+            **{k: info[k] for k in ("policy_step", "eval_return", "training_steps") if k in info},
+            **refs, **summarize(arr)}
+    path = write_level(ds_id, arr, spec, meta, overwrite=overwrite)
+    return {"dataset_id": ds_id, "path": str(path), **summarize(arr)}
+
+
+def ensure_default_dataset(name: str = "hopper-medium", *, progress: bool = True,
+                           transitions: int = DEFAULT_TRANSITIONS, seed: int = 0, num_envs: int = 16) -> str:
+    """The Minari id of a built-in default dataset, generating it from the shipped policy when absent.
+
+    ``hopper-medium`` -> ``flowrl/hopper/medium-v0``: ``transitions`` steps of the shipped Hopper SAC policy
+    (stochastic actions), batched over ``num_envs`` env copies; about a minute on one core, no SB3 needed.
+    """
+    from flowrl.envs.behavior import load_behavior, shipped_policy_path
+    from flowrl.envs.minari_io import minari_root, resolve_minari_id
+    from flowrl.envs.specs import get_spec
+
+    key = name[len("flowrl/"):].replace("/", "-").removesuffix("-v0") if name.startswith("flowrl/") else name
+    if key not in DEFAULT_DATASETS:
+        raise ValueError(f"no built-in default dataset {name!r}; built-in: {', '.join(DEFAULT_DATASETS)}")
+    env, level, policy_name = DEFAULT_DATASETS[key]
+    ds_id = dataset_id(env, level)
+    if resolve_minari_id(ds_id) is not None:
+        return ds_id
+    path = shipped_policy_path(policy_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped behaviour policy {path} is missing from this installation")
+    spec = get_spec(env)
+    policy = load_behavior(path)
+    check_free_space(minari_root(), estimate_bytes(transitions, policy.obs_dim, policy.act_dim),
+                     f"dataset {ds_id!r}")
+    t0 = time.time()
+    arr = record(spec, transitions, policy, seed=seed, num_envs=num_envs, progress=progress,
+                 desc=f"generate {ds_id}")
+    info = getattr(policy, "info", {})
+    meta = {"env_name": spec.name, "gym_id": spec.gym_id, "level": level, "seed": seed,
+            "flowrl_version": _version(), "policy": f"flowrl.envs/policies/{path.name} (shipped)",
+            "algorithm_name": "SB3 SAC actor (shipped, stochastic actions)",
+            **{k: info[k] for k in ("policy_step", "eval_return", "training_steps", "command") if k in info},
+            "ref_min_score": spec.ref_min_score, "ref_max_score": spec.ref_max_score, "ref_source": "D4RL",
+            "generation_wall_s": round(time.time() - t0, 1), **summarize(arr)}
+    try:
+        write_level(ds_id, arr, spec, meta)
+    except FileExistsError:  # another process generated it meanwhile
+        pass
+    return ds_id
