@@ -1,0 +1,42 @@
+"""``flowrl.envs``: environments and offline-RL data.
+
+- :mod:`~flowrl.envs.specs`: env specs (D4RL names -> gymnasium ids, time limits, reference scores).
+- :mod:`~flowrl.envs.dataset`: :class:`TrajectoryDataset`, flat arrays plus an episode index.
+- :mod:`~flowrl.envs.loaders`: :func:`load_dataset` for paths, D4RL names, Minari ids, flowrl names.
+- :mod:`~flowrl.envs.io_d4rl`, :mod:`~flowrl.envs.minari_io`: the on-disk formats (read and write).
+- :mod:`~flowrl.envs.sampler`: context windows (right-padded) and transitions, built by array indexing.
+- :mod:`~flowrl.envs.evaluation`: the :class:`Policy` protocol and vectorized :func:`evaluate`.
+
+Importing this package is cheap: gymnasium, minari and h5py are imported inside the functions that
+need them.
+"""
+
+from .dataset import TrajectoryDataset
+from .evaluation import EvalResult, Policy, check_compatible, evaluate, make_env
+from .io_d4rl import write_d4rl_hdf5, write_npz
+from .loaders import load_dataset, local_candidates
+from .minari_io import minari_root, write_minari_dataset
+from .sampler import ContextBatch, ContextSampler, TransitionBatch, TransitionSampler
+from .specs import EnvSpec, get_spec, normalized_score
+
+__all__ = [
+    "EnvSpec",
+    "get_spec",
+    "normalized_score",
+    "TrajectoryDataset",
+    "load_dataset",
+    "local_candidates",
+    "ContextSampler",
+    "ContextBatch",
+    "TransitionSampler",
+    "TransitionBatch",
+    "Policy",
+    "evaluate",
+    "EvalResult",
+    "check_compatible",
+    "make_env",
+    "write_minari_dataset",
+    "write_d4rl_hdf5",
+    "write_npz",
+    "minari_root",
+]

@@ -1,0 +1,180 @@
+"""Batch samplers over a :class:`TrajectoryDataset`: K-step context windows for sequence models and
+single transitions for behaviour cloning. Each batch is built with array indexing (one gather per
+field), never a Python loop per sample.
+
+Padding convention (shared with the model side): **right padding**. A window that reaches the end of its
+episode holds its real tokens first (positions ``0..L-1``) and padding after (``L..K-1``): zeros in
+every field, timestep 0, mask 0. With causal attention, padding after the real tokens never influences
+them, so the model needs no special handling beyond ignoring masked positions in the loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .dataset import TrajectoryDataset
+
+__all__ = ["ContextBatch", "ContextSampler", "TransitionBatch", "TransitionSampler"]
+
+
+class ContextBatch(NamedTuple):
+    """B windows of K steps (numpy arrays; padding after the real tokens, see module doc)."""
+
+    states: np.ndarray
+    """float32 [B, K, obs_dim], normalized with the dataset's state mean/std when the sampler does."""
+    actions: np.ndarray
+    """float32 [B, K, act_dim]."""
+    rewards: np.ndarray
+    """float32 [B, K, 1], raw rewards."""
+    returns_to_go: np.ndarray
+    """float32 [B, K, 1], undiscounted return from this step to the episode end, times reward_scale."""
+    timesteps: np.ndarray
+    """int64 [B, K], step index within the episode (0 at padding)."""
+    mask: np.ndarray
+    """float32 [B, K], 1 for real tokens, 0 for padding."""
+
+
+class ContextSampler:
+    """Random K-step windows as in the Decision Transformer: an episode is drawn with probability
+    proportional to its length, then a start step uniformly in ``[0, len - 1]``; a window that runs past
+    the episode end is truncated there and right-padded.
+
+    Args:
+        dataset: the trajectories.
+        context: K, steps per window (>= 1).
+        reward_scale: multiplies returns-to-go (e.g. 1e-3 for MuJoCo, as in the DT paper).
+        seed: seeds a ``numpy.random.Generator``; the same seed gives the same batches.
+        normalize_states: subtract ``dataset.state_mean`` and divide by ``dataset.state_std``.
+
+    Memory: nothing per window is stored; one batch costs B·K rows of each field.
+    """
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        context: int,
+        *,
+        reward_scale: float,
+        seed: int,
+        normalize_states: bool = True,
+    ) -> None:
+        if int(context) < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        if not np.isfinite(reward_scale):
+            raise ValueError(f"reward_scale must be finite, got {reward_scale}")
+        self.dataset = dataset
+        self.context = int(context)
+        self.reward_scale = float(reward_scale)
+        self.normalize_states = normalize_states
+        self.rng = np.random.default_rng(seed)
+        self._offsets = np.arange(self.context, dtype=np.int64)
+
+    def sample(self, batch_size: int) -> ContextBatch:
+        """A batch of ``batch_size`` random windows."""
+        ds = self.dataset
+        # A uniformly drawn row lands in episode e with probability len(e)/N: length-proportional episode
+        # choice without building a probability table.
+        rows = self.rng.integers(0, ds.num_transitions, size=int(batch_size))
+        episodes = np.searchsorted(ds.episode_starts, rows, side="right") - 1
+        starts = self.rng.integers(0, ds.episode_lengths[episodes])
+        return self._gather(episodes, starts)
+
+    def windows(self, episode_idx: np.ndarray, start_idx: np.ndarray) -> ContextBatch:
+        """The deterministic windows starting at step ``start_idx[b]`` of episode ``episode_idx[b]``.
+
+        Args:
+            episode_idx: int [B], episode indices in ``[0, num_episodes)``.
+            start_idx: int [B], step within each episode, in ``[0, episode_length)``.
+        """
+        ep = np.asarray(episode_idx, dtype=np.int64).reshape(-1)
+        st = np.asarray(start_idx, dtype=np.int64).reshape(-1)
+        if ep.shape != st.shape:
+            raise ValueError(f"episode_idx and start_idx must have the same length, got {ep.size} and {st.size}")
+        if ep.size and (ep.min() < 0 or ep.max() >= self.dataset.num_episodes):
+            raise ValueError(f"episode index out of range [0, {self.dataset.num_episodes})")
+        if ep.size and (st.min() < 0 or (st >= self.dataset.episode_lengths[ep]).any()):
+            raise ValueError("start index out of range [0, episode length)")
+        return self._gather(ep, st)
+
+    def _gather(self, episodes: np.ndarray, starts: np.ndarray) -> ContextBatch:
+        ds = self.dataset
+        steps = starts[:, None] + self._offsets  # [B, K] step within the episode
+        real = steps < ds.episode_lengths[episodes][:, None]  # [B, K]
+        # Padding positions point at the window's first row (always real) and are zeroed after the gather.
+        rows = ds.episode_starts[episodes][:, None] + np.where(real, steps, starts[:, None])  # [B, K]
+        realf = real.astype(np.float32)
+
+        states = ds.observations[rows]  # [B, K, obs_dim]
+        if self.normalize_states:
+            states = (states - ds.state_mean) / ds.state_std
+        states *= realf[..., None]
+        actions = ds.actions[rows] * realf[..., None]
+        rewards = (ds.rewards[rows] * realf)[..., None]
+        rtg = (ds.returns_to_go[rows] * np.float32(self.reward_scale) * realf)[..., None]
+        timesteps = np.where(real, steps, 0)
+        return ContextBatch(states, actions, rewards, rtg, timesteps, realf)
+
+
+class TransitionBatch(NamedTuple):
+    """B single transitions (numpy arrays)."""
+
+    states: np.ndarray
+    """float32 [B, obs_dim], normalized when the sampler does."""
+    actions: np.ndarray
+    """float32 [B, act_dim]."""
+    rewards: np.ndarray
+    """float32 [B]."""
+    next_states: np.ndarray | None
+    """float32 [B, obs_dim] (normalized like ``states``), or None when the dataset has no final
+    observations (then the next state of an episode's last step is unknown)."""
+    terminals: np.ndarray
+    """float32 [B], 1 where the transition ends in a true terminal state (not a time limit)."""
+
+
+class TransitionSampler:
+    """Uniformly random transitions (with replacement), e.g. for behaviour cloning.
+
+    Args:
+        dataset: the trajectories.
+        seed: seeds a ``numpy.random.Generator``.
+        normalize_states: normalize ``states``/``next_states`` with the dataset's mean/std.
+    """
+
+    def __init__(self, dataset: TrajectoryDataset, *, seed: int, normalize_states: bool = True) -> None:
+        self.dataset = dataset
+        self.normalize_states = normalize_states
+        self.rng = np.random.default_rng(seed)
+        ends = dataset.episode_starts + dataset.episode_lengths - 1
+        self._is_end = np.zeros(dataset.num_transitions, dtype=bool)
+        self._is_end[ends] = True
+
+    def sample(self, batch_size: int) -> TransitionBatch:
+        """A batch of ``batch_size`` random transitions."""
+        return self.transitions(self.rng.integers(0, self.dataset.num_transitions, size=int(batch_size)))
+
+    def transitions(self, rows: np.ndarray) -> TransitionBatch:
+        """The transitions at the given rows (int [B] in ``[0, num_transitions)``)."""
+        ds = self.dataset
+        rows = np.asarray(rows, dtype=np.int64)
+        states = ds.observations[rows]
+        next_states = None
+        if ds.final_observations is not None:
+            at_end = self._is_end[rows]
+            nxt_rows = np.minimum(rows + 1, ds.num_transitions - 1)
+            next_states = ds.observations[nxt_rows]
+            if at_end.any():
+                ep = np.searchsorted(ds.episode_starts, rows[at_end], side="right") - 1
+                next_states[at_end] = ds.final_observations[ep]
+        if self.normalize_states:
+            states = (states - ds.state_mean) / ds.state_std
+            if next_states is not None:
+                next_states = (next_states - ds.state_mean) / ds.state_std
+        return TransitionBatch(
+            states=states,
+            actions=ds.actions[rows],
+            rewards=ds.rewards[rows],
+            next_states=next_states,
+            terminals=ds.terminals[rows].astype(np.float32),
+        )
