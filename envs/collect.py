@@ -97,7 +97,10 @@ class TrainConfig:
 def _make_env(gym_id: str, max_episode_steps: int, *, seed: int | None = None):
     import gymnasium as gym
 
-    env = gym.make(gym_id, max_episode_steps=max_episode_steps)
+    try:
+        env = gym.make(gym_id, max_episode_steps=max_episode_steps)
+    except gym.error.Error as e:  # unregistered id, missing dependency, ...
+        raise ValueError(f"cannot make environment {gym_id!r}: {e}") from None
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -288,6 +291,10 @@ def dataset_id(env: str, level: str) -> str:
 def _flat_dims(spec) -> tuple[int, int, np.ndarray, np.ndarray]:
     env = _make_env(spec.gym_id, spec.max_episode_steps)
     try:
+        from gymnasium.spaces import Box
+
+        if not isinstance(env.observation_space, Box) or not isinstance(env.action_space, Box):
+            raise ValueError(f"{spec.gym_id}: only continuous (Box) observation and action spaces are supported")
         obs_dim = int(np.prod(env.observation_space.shape))
         act_dim = int(np.prod(env.action_space.shape))
         return obs_dim, act_dim, np.asarray(env.action_space.low), np.asarray(env.action_space.high)

@@ -1,0 +1,114 @@
+"""``flowrl collect ENV``: build D4RL-style datasets with an SB3 behaviour policy, written as local Minari datasets.
+
+Train, checkpoint and record every level (an interrupted run resumes from its last checkpoint)::
+
+    flowrl collect hopper --levels random,medium,medium-replay,expert,medium-expert --steps 260000
+
+Record one level from an existing policy (SB3 SAC/TD3 ``.zip`` or a flowrl behaviour ``.pt``)::
+
+    flowrl collect hopper --from-policy hopper-medium-sac.zip --level medium --transitions 100000
+
+Datasets are named ``flowrl/<env>/<level>-v0`` under ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import shlex
+import sys
+from fractions import Fraction
+
+from flowrl.scripts.cli import UsageError
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a fraction: {text!r} (e.g. 1/3 or 0.33)") from None
+
+
+def _steps(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("collect", help="build D4RL-style datasets with an SB3 behaviour policy",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("env", help="environment: hopper, halfcheetah, walker2d, ant, or a gymnasium id (Hopper-v5)")
+    p.add_argument("--levels", default="random,medium,medium-replay,expert,medium-expert",
+                   help="comma-separated levels to write, or 'all' (default: all five)")
+    p.add_argument("--steps", type=_steps, default=300_000, help="behaviour-policy training steps (default 300000)")
+    p.add_argument("--algo", choices=("sac", "td3"), default="sac", help="SB3 algorithm (default sac, as D4RL)")
+    p.add_argument("--checkpoint-every", type=_steps, default=10_000,
+                   help="checkpoint + deterministic evaluation every N steps (default 10000)")
+    p.add_argument("--eval-episodes", type=_steps, default=5, help="episodes per checkpoint evaluation (default 5)")
+    p.add_argument("--medium-fraction", type=_fraction, default=1 / 3,
+                   help="medium = first checkpoint reaching this fraction of the final return (default 1/3)")
+    p.add_argument("--transitions", type=_steps, default=100_000,
+                   help="transitions per recorded level (default 100000; D4RL used 1M)")
+    p.add_argument("--ref-episodes", type=_steps, default=100,
+                   help="episodes for measured reference scores on envs without D4RL constants (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed for training and recording (default 0)")
+    p.add_argument("--num-envs", type=_steps, default=16, help="env copies stepped together when recording")
+    p.add_argument("--run-dir", default=None,
+                   help="training run directory (default ~/.cache/flowrl/collect/ENV-ALGO-seedSEED); reused to resume")
+    p.add_argument("--from-policy", metavar="PATH", default=None,
+                   help="record from this SB3 .zip or flowrl .pt instead of training")
+    p.add_argument("--level", default=None, help="with --from-policy: the level name to write (medium or expert)")
+    p.add_argument("--dataset-id", default=None,
+                   help="with --from-policy: Minari id to write (default flowrl/ENV/LEVEL-v0)")
+    p.add_argument("--deterministic", action="store_true", help="with --from-policy: act with the mean action")
+    p.add_argument("--overwrite", action="store_true", help="replace datasets that already exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UsageError(e.strerror or str(e)) from None
+        raise
+
+
+def _run(args) -> int:
+    from flowrl.envs import collect as C
+
+    command = "flowrl collect " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["collect"] \
+        else None
+    progress = not args.no_progress
+    if args.from_policy is not None:
+        if args.level is None:
+            raise UsageError("--from-policy needs --level (medium or expert)")
+        info = C.collect_from_policy(args.env, args.from_policy, args.level, args.transitions, seed=args.seed,
+                                     deterministic=args.deterministic, num_envs=args.num_envs,
+                                     overwrite=args.overwrite, dataset=args.dataset_id, ref_episodes=args.ref_episodes,
+                                     progress=progress, command=command)
+        _print_table({args.level: info})
+        return 0
+    if args.level is not None or args.dataset_id is not None or args.deterministic:
+        raise UsageError("--level, --dataset-id and --deterministic go with --from-policy; use --levels otherwise")
+    cfg = C.CollectConfig(env=args.env, algo=args.algo, steps=args.steps, checkpoint_every=args.checkpoint_every,
+                          eval_episodes=args.eval_episodes, seed=args.seed, levels=args.levels,
+                          transitions=args.transitions, medium_fraction=args.medium_fraction,
+                          ref_episodes=args.ref_episodes, num_envs=args.num_envs, run_dir=args.run_dir,
+                          overwrite=args.overwrite)
+    _print_table(C.collect(cfg, progress=progress, command=command))
+    return 0
+
+
+def _print_table(rows: dict) -> None:
+    print(f"{'level':<14} {'dataset id':<34} {'transitions':>11} {'episodes':>8} {'mean return':>11}  policy step")
+    for level, r in rows.items():
+        mean = "-" if r.get("mean_return") is None else f"{r['mean_return']:.1f}"
+        step = r.get("policy_step", "-")
+        print(f"{level:<14} {r['dataset_id']:<34} {r['transitions']:>11} {r['episodes']:>8} {mean:>11}  {step}")
