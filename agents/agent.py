@@ -1,0 +1,328 @@
+"""Agents: a network, its config and its dataset statistics, with loss, policy and save/load.
+
+``DTAgent`` (Decision Transformer, flow or softmax attention) and ``BCAgent`` share one interface, so the
+trainer, the rollout code and the tests treat them alike:
+
+- ``make_sampler(dataset, seed)`` -> an object with ``sample(batch_size)``;
+- ``loss(batch)`` -> scalar tensor (masked action MSE);
+- ``make_policy()`` -> a :class:`flowrl.envs.Policy` for vectorized evaluation;
+- ``act(...)`` for users' own loops; ``save(path)`` and :func:`load_agent`.
+
+A saved agent is a folder: ``model.pt`` (a state dict; ``torch.load(weights_only=True)``) and
+``agent.json`` (algo, config, observation/action sizes, env, dataset info).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flowrl.agents.config import CONFIGS, AgentConfig, BCConfig, DecisionTransformerConfig
+from flowrl.agents.models import BCNetwork, DecisionTransformer
+from torch import Tensor, nn
+
+__all__ = ["Agent", "DTAgent", "BCAgent", "make_agent", "load_agent", "MODEL_FILE", "AGENT_FILE"]
+
+MODEL_FILE = "model.pt"
+AGENT_FILE = "agent.json"
+
+
+class Agent:
+    """Common part of every agent. Subclasses set ``algo`` and build ``self.model``."""
+
+    algo: str = ""
+    model: nn.Module
+
+    def __init__(self, config: AgentConfig, obs_dim: int, act_dim: int, *, env_name: str | None = None, info=None):
+        if obs_dim < 1 or act_dim < 1:
+            raise ValueError(f"{type(self).__name__}: obs_dim and act_dim must be >= 1, got {obs_dim}, {act_dim}")
+        self.config, self.obs_dim, self.act_dim = config, int(obs_dim), int(act_dim)
+        self.env_name = env_name
+        self.info: dict[str, Any] = dict(info or {})
+
+    # ----------------------------------------------------------------- data
+    def fit_normalization(self, dataset) -> None:
+        """Take state statistics (and env name, dataset info) from a TrajectoryDataset."""
+        self.check_dataset(dataset)
+        if self.config.normalize_states:
+            self.model.normalizer.set(dataset.state_mean, dataset.state_std)
+        if dataset.env_name and not self.env_name:
+            self.env_name = dataset.env_name
+        returns = np.asarray(dataset.episode_returns, dtype=np.float64)
+        self.info["dataset_return_max"] = float(returns.max())
+        self.info["dataset_return_mean"] = float(returns.mean())
+        meta = dataset.metadata
+        for key in ("ref_min_score", "ref_max_score", "source"):
+            if meta.get(key) is not None:
+                self.info[f"dataset_{key}"] = meta[key]
+
+    def dataset_targets(self) -> tuple[float, ...]:
+        """Fallback DT targets for envs without published ones: the dataset's best and mean episode return."""
+        if "dataset_return_max" not in self.info:
+            raise ValueError("no target returns known: pass target returns explicitly")
+        return (self.info["dataset_return_max"], self.info["dataset_return_mean"])
+
+    def reference_scores(self) -> tuple[float, float] | None:
+        """(ref_min, ref_max) from the training dataset's metadata, if it had them."""
+        lo, hi = self.info.get("dataset_ref_min_score"), self.info.get("dataset_ref_max_score")
+        return None if lo is None or hi is None else (float(lo), float(hi))
+
+    def check_dataset(self, dataset) -> None:
+        if dataset.obs_dim != self.obs_dim or dataset.act_dim != self.act_dim:
+            raise ValueError(
+                f"dataset has observation/action sizes {dataset.obs_dim}/{dataset.act_dim} but the agent was built "
+                f"for {self.obs_dim}/{self.act_dim}; train a new agent for this dataset"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device) -> Agent:
+        self.model.to(device)
+        return self
+
+    def _tensor(self, x, dtype=None) -> Tensor:
+        return torch.as_tensor(np.asarray(x), device=self.device, dtype=dtype or self.dtype)
+
+    # ----------------------------------------------------------------- persistence
+    def describe(self) -> dict[str, Any]:
+        return {
+            "algo": self.algo,
+            "config": self.config.to_dict(),
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "env_name": self.env_name,
+            "info": self.info,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``model.pt`` + ``agent.json`` into the folder ``path`` atomically (temp folder, rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.write_into(tmp)
+            replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    def write_into(self, folder: Path) -> None:
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        torch.save(state, folder / MODEL_FILE)
+        (folder / AGENT_FILE).write_text(json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder ``src`` to ``dst``; an existing ``dst`` is swapped out only after ``src`` is complete."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+class DTAgent(Agent):
+    """Decision Transformer agent (``config.attention``: "flow" or "softmax")."""
+
+    algo = "dt"
+    config: DecisionTransformerConfig
+
+    def __init__(self, config: DecisionTransformerConfig, obs_dim: int, act_dim: int, **kw):
+        super().__init__(config, obs_dim, act_dim, **kw)
+        self.model = DecisionTransformer(config, self.obs_dim, self.act_dim)
+
+    def make_sampler(self, dataset, seed: int):
+        from flowrl.envs import ContextSampler
+
+        self.check_dataset(dataset)
+        return ContextSampler(
+            dataset,
+            self.config.context,
+            reward_scale=self.config.reward_scale,
+            seed=seed,
+            normalize_states=self.config.normalize_states,
+        )
+
+    def batch_tensors(self, batch) -> tuple[Tensor, ...]:
+        """ContextBatch (numpy) -> states, actions, returns_to_go, timesteps, mask tensors on the device."""
+        dev = self.device
+        f = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=True)  # noqa: E731
+        return f(batch.states), f(batch.actions), f(batch.returns_to_go), f(batch.timesteps), f(batch.mask)
+
+    def loss(self, batch) -> Tensor:
+        states, actions, rtg, timesteps, mask = self.batch_tensors(batch)
+        pred = self.model(states, actions, rtg, timesteps)
+        err = (pred.float() - actions).square().mean(-1)  # (B, K)
+        return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def make_policy(self, *, recurrent: bool | None = None):
+        """A stateful rollout policy; ``recurrent`` (default: flow attention) uses the O(1) recurrent state."""
+        from flowrl.agents.policy import DTPolicy
+
+        return DTPolicy(self, recurrent=recurrent)
+
+    @torch.no_grad()
+    def act(self, states, returns_to_go, actions=None, timesteps=None) -> np.ndarray:
+        """The action for the last step of a history (the last ``context`` steps are used).
+
+        Args (raw, unnormalised; optional leading batch dim B):
+            states: [T, obs_dim]; returns_to_go: [T] unscaled returns still to collect at each step;
+            actions: [T, act_dim] actions taken before each step (the last row is ignored; default zeros);
+            timesteps: [T] int (default 0..T-1).
+        Returns: [act_dim] (or [B, act_dim]).
+        """
+        s = np.asarray(states, dtype=np.float32)
+        single = s.ndim == 2
+        if single:
+            s = s[None]
+        if s.ndim != 3 or s.shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"states has shape {np.shape(states)}, expected [T, {self.obs_dim}] or [B, T, {self.obs_dim}]"
+            )
+        B, T, _ = s.shape
+        r = np.asarray(returns_to_go, dtype=np.float32).reshape(B, T, 1)
+        a = (
+            np.zeros((B, T, self.act_dim), np.float32)
+            if actions is None
+            else np.asarray(actions, np.float32).reshape(B, T, -1)
+        )
+        ts = np.tile(np.arange(T), (B, 1)) if timesteps is None else np.asarray(timesteps).reshape(B, T)
+        K = self.config.context
+        s, a, r, ts = s[:, -K:], a[:, -K:].copy(), r[:, -K:], ts[:, -K:]
+        a[:, -1] = 0.0  # the current action is what we predict
+        self.model.eval()
+        pred = self.model(
+            self.model.normalizer(self._tensor(s)),
+            self._tensor(a),
+            self._tensor(r * self.config.reward_scale),
+            self._tensor(ts, torch.long),
+        )[:, -1]
+        out = pred.float().cpu().numpy()
+        return out[0] if single else out
+
+
+class BCAgent(Agent):
+    """Behaviour cloning baseline: an MLP policy trained by action MSE on single transitions."""
+
+    algo = "bc"
+    config: BCConfig
+
+    def __init__(self, config: BCConfig, obs_dim: int, act_dim: int, **kw):
+        super().__init__(config, obs_dim, act_dim, **kw)
+        self.model = BCNetwork(config, self.obs_dim, self.act_dim)
+
+    def make_sampler(self, dataset, seed: int):
+        from flowrl.envs import TransitionSampler
+
+        self.check_dataset(dataset)
+        return TransitionSampler(dataset, seed=seed, normalize_states=self.config.normalize_states)
+
+    def loss(self, batch) -> Tensor:
+        dev = self.device
+        states = torch.from_numpy(np.ascontiguousarray(batch.states)).to(dev)
+        actions = torch.from_numpy(np.ascontiguousarray(batch.actions)).to(dev)
+        return (self.model(states).float() - actions).square().mean()
+
+    def make_policy(self, **_):
+        from flowrl.agents.policy import BCPolicy
+
+        return BCPolicy(self)
+
+    @torch.no_grad()
+    def act(self, states, *_, **__) -> np.ndarray:
+        """Action(s) for raw observations [obs_dim] or [B, obs_dim] (or a history [.., T, obs_dim]: last row)."""
+        s = np.asarray(states, dtype=np.float32)
+        if s.shape[-1] != self.obs_dim:
+            raise ValueError(f"states has shape {s.shape}, expected [..., {self.obs_dim}]")
+        self.model.eval()
+        out = self.model(self.model.normalizer(self._tensor(s))).float().cpu().numpy()
+        return out
+
+
+AGENTS: dict[str, type[Agent]] = {"dt": DTAgent, "bc": BCAgent}
+
+
+def make_agent(config: AgentConfig, obs_dim: int, act_dim: int, *, seed: int | None = None, **kw) -> Agent:
+    """Build the agent for ``config`` (weights initialised from ``seed`` when given)."""
+    for algo, cls in CONFIGS.items():
+        if isinstance(config, cls):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return AGENTS[algo](config, obs_dim, act_dim, **kw)
+    raise ValueError(f"unknown config type {type(config).__name__}")
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    """A saved-agent folder, a trainer checkpoint folder, or a run folder (-> its latest checkpoint)."""
+    if (path / AGENT_FILE).exists():
+        return path
+    latest = path / "checkpoints" / "latest"
+    if latest.exists():
+        name = latest.read_text().strip()
+        if (path / "checkpoints" / name / AGENT_FILE).exists():
+            return path / "checkpoints" / name
+    raise FileNotFoundError(
+        f"{path} is not a flowrl checkpoint: expected {AGENT_FILE} and {MODEL_FILE} in it, "
+        "or a run folder with checkpoints/latest"
+    )
+
+
+def load_agent(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Agent:
+    """Load an agent saved by :meth:`Agent.save` or by the trainer (a checkpoint or a run folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    folder = _resolve_checkpoint(path)
+    try:
+        meta = json.loads((folder / AGENT_FILE).read_text())
+        algo = meta["algo"]
+        if algo not in AGENTS:
+            raise ValueError(f"unknown algo {algo!r}")
+        config = CONFIGS[algo].from_dict(meta["config"])
+        agent = AGENTS[algo](
+            config, int(meta["obs_dim"]), int(meta["act_dim"]), env_name=meta.get("env_name"), info=meta.get("info")
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {folder / AGENT_FILE} is invalid: {e}") from None
+    try:
+        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {folder} has no {MODEL_FILE}") from None
+    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError on truncated or foreign files
+        raise ValueError(
+            f"checkpoint {folder / MODEL_FILE} is corrupt or truncated ({type(e).__name__}: {e})"
+        ) from None
+    own = agent.model.state_dict()
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs config {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if mismatched or missing or unexpected:
+        detail = "; ".join(
+            mismatched[:3]
+            + [f"missing {missing[:3]}"] * bool(missing)
+            + [f"unexpected {unexpected[:3]}"] * bool(unexpected)
+        )
+        raise ValueError(
+            f"checkpoint {folder / MODEL_FILE} does not match its agent.json (another model size?): {detail}"
+        )
+    agent.model.load_state_dict(state)
+    agent.model.eval()
+    return agent.to(device)

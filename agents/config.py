@@ -1,0 +1,168 @@
+"""Agent configs: the Decision Transformer (flow or softmax attention) and the BC baseline.
+
+Each config holds the model size *and* its optimisation hyperparameters (what a preset changes together),
+validates itself in ``__post_init__`` and round-trips through JSON. The training run (dataset, steps,
+evaluation) is configured separately by :class:`flowrl.agents.trainer.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from flowrl.models.config import JsonConfig
+
+__all__ = ["DecisionTransformerConfig", "BCConfig", "AgentConfig", "PRESETS", "preset", "config_from_dict"]
+
+
+def _require(cls_name: str, cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(f"{cls_name}: {message}")
+
+
+@dataclass
+class _OptimFields:
+    lr: float = 1e-4
+    """AdamW learning rate (peak, after warmup)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay (not applied to biases, norms and embeddings)."""
+    warmup_steps: int = 10_000
+    """Linear learning-rate warmup from 0 over this many updates, then constant."""
+    grad_clip: float = 0.25
+    """Clip the global gradient norm to this value (0 disables)."""
+    batch_size: int = 64
+    """Sequences (DT) or transitions (BC) per update."""
+
+    def _check_optim(self) -> None:
+        name = type(self).__name__
+        _require(name, self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _require(name, self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(name, self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(name, self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        _require(name, self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class DecisionTransformerConfig(_OptimFields, JsonConfig):
+    """Decision Transformer (Chen et al. 2021) with Flow-Attention or softmax attention.
+
+    Defaults are the original Decision Transformer's Gym settings; ``attention="flow"`` gives the
+    Flowformer paper's agent (causal Flow-Attention, conserved-source clamp 10 as in its RL code).
+    """
+
+    algo: ClassVar[str] = "dt"
+
+    context: int = 20
+    """Context length K in timesteps (each timestep is 3 tokens: return-to-go, state, action)."""
+    dim: int = 128
+    """Token embedding size."""
+    depth: int = 3
+    """Transformer blocks."""
+    heads: int = 1
+    """Attention heads (dim must be divisible by heads)."""
+    attention: str = "flow"
+    """Attention kind: "flow" (Flow-Attention) or "softmax" (the original DT)."""
+    clamp: float = 10.0
+    """Flow attention: bound of the conserved source flow (the Flowformer RL code uses 10)."""
+    activation: str = "relu"
+    """MLP activation: "relu" (original DT) or "gelu" (CORL)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of dim."""
+    dropout: float = 0.1
+    """Dropout on embeddings, attention output and MLP output."""
+    max_timestep: int = 1000
+    """Size of the timestep embedding table; longer episodes reuse the last entry."""
+    reward_scale: float = 1e-3
+    """Returns-to-go are multiplied by this before entering the model."""
+    normalize_states: bool = True
+    """Standardise states with the dataset's mean/std."""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        self._check_optim()
+        _require(name, self.context >= 1, f"context K must be >= 1, got {self.context}")
+        _require(name, self.dim >= 1, f"dim must be >= 1, got {self.dim}")
+        _require(name, self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _require(name, self.heads >= 1 and self.dim % self.heads == 0, f"heads={self.heads} must divide dim={self.dim}")
+        _require(name, self.attention in ("flow", "softmax"), f"unknown attention {self.attention!r}; use flow|softmax")
+        _require(name, 0 < self.clamp <= 50, f"clamp must be in (0, 50], got {self.clamp}")
+        _require(name, self.activation in ("relu", "gelu"), f"unknown activation {self.activation!r}; use relu|gelu")
+        _require(name, self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        _require(name, 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        _require(name, self.max_timestep >= 1, f"max_timestep must be >= 1, got {self.max_timestep}")
+        _require(name, self.reward_scale > 0, f"reward_scale must be > 0, got {self.reward_scale}")
+
+    def trunk_config(self):
+        from flowrl.models import FlowformerConfig
+
+        return FlowformerConfig(
+            dim=self.dim,
+            depth=self.depth,
+            heads=self.heads,
+            attention=self.attention,
+            causal=True,
+            dropout=self.dropout,
+            mlp_ratio=self.mlp_ratio,
+            activation=self.activation,
+            clamp=self.clamp,
+        )
+
+
+@dataclass
+class BCConfig(_OptimFields, JsonConfig):
+    """Behaviour cloning: an MLP from (normalised) state to a tanh-squashed action, trained by MSE."""
+
+    algo: ClassVar[str] = "bc"
+
+    hidden: int = 256
+    """Width of each hidden layer."""
+    layers: int = 2
+    """Hidden layers."""
+    dropout: float = 0.1
+    """Dropout after each hidden layer."""
+    normalize_states: bool = True
+    """Standardise states with the dataset's mean/std."""
+    batch_size: int = 256
+    """Transitions per update."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup (BC needs none)."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        self._check_optim()
+        _require(name, self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
+        _require(name, self.layers >= 1, f"layers must be >= 1, got {self.layers}")
+        _require(name, 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+
+
+AgentConfig = DecisionTransformerConfig | BCConfig
+CONFIGS: dict[str, type] = {"dt": DecisionTransformerConfig, "bc": BCConfig}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the original Decision Transformer (Chen et al. 2021), Gym settings: the dataclass defaults
+    "dt": {},
+    # the Flowformer paper's RL script (Flowformer_RL/scripts/flowformer.sh): wider, 4 heads, lr 1e-3
+    "flowformer": {"dim": 256, "heads": 4, "lr": 1e-3, "attention": "flow", "clamp": 10.0},
+    # CORL's single-file DT on Gym-MuJoCo: GELU MLP, larger learning rate
+    "corl": {"activation": "gelu", "lr": 8e-4},
+}
+
+
+def preset(name: str, **overrides: Any) -> DecisionTransformerConfig:
+    """A DecisionTransformerConfig from a named preset ("dt", "flowformer", "corl") plus overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return DecisionTransformerConfig(**{**PRESETS[name], **overrides})
+
+
+def config_from_dict(algo: str, data: dict[str, Any]) -> AgentConfig:
+    if algo not in CONFIGS:
+        raise ValueError(f"unknown algo {algo!r}; choose one of {sorted(CONFIGS)}")
+    return CONFIGS[algo].from_dict(data)
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))

@@ -1,0 +1,449 @@
+"""The training loop: updates, logging, periodic evaluation, atomic checkpoints and exact resume.
+
+A run folder holds::
+
+    config.json               TrainConfig + agent config (what produced the run)
+    checkpoints/step_NNNNNNNN/ model.pt, agent.json (a loadable agent) + trainer.pt (optimizer, scheduler,
+                              RNG states); written to a temp folder and renamed, so a killed run never
+                              leaves a half checkpoint; checkpoints/latest names the newest
+    events.out.tfevents.*     TensorBoard scalars: loss, lr, grad_norm, steps_per_s, eval returns/scores
+    results.json              final evaluation (raw and D4RL-normalized returns per target return)
+    learning_curve.png        loss and evaluation scores against update steps
+
+Resuming (``resume=True``) restores weights, optimizer, scheduler, the sampler's and torch's RNG states
+and the step counter, so on CPU the final weights equal an uninterrupted run's bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flowrl.agents.agent import Agent, replace_dir
+
+from flowrl.models.config import JsonConfig, atomic_write_text
+
+__all__ = ["TrainConfig", "Trainer", "fit", "pick_device"]
+
+TRAINER_FILE = "trainer.pt"
+
+
+@dataclass
+class TrainConfig(JsonConfig):
+    """How to train: budget, evaluation, checkpoints, device."""
+
+    steps: int = 3000
+    """Gradient updates in total (a resumed run continues up to this number)."""
+    eval_every: int = 0
+    """Evaluate every this many updates (0: only at the end)."""
+    eval_episodes: int = 10
+    """Episodes per target return at each evaluation."""
+    num_envs: int = 10
+    """Environments stepped together during evaluation."""
+    target_returns: tuple[float, ...] = ()
+    """Return-to-go targets for DT evaluation (empty: the env's defaults, e.g. hopper 3600 and 1800)."""
+    max_episode_steps: int = 0
+    """Cap on evaluation episode length (0: the env's own limit)."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint every this many updates (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints to keep (oldest are deleted; the final one is always kept)."""
+    log_every: int = 50
+    """Write TensorBoard scalars every this many updates."""
+    seed: int = 0
+    """Seed for weights, batch sampling, dropout and evaluation."""
+    device: str = "auto"
+    """"auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", ..."""
+    bf16: bool = False
+    """bfloat16 autocast for forward/backward (faster on CPUs with AMX and on GPUs); weights stay float32."""
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+    eval_seed: int = 10_000
+    """Evaluation episode i uses seed eval_seed + i (fixed across the run, so evaluations compare)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes stored with the run (e.g. the dataset string)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
+            (self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}"),
+            (self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}"),
+            (self.max_episode_steps >= 0, f"max_episode_steps must be >= 0, got {self.max_episode_steps}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+        self.target_returns = tuple(float(x) for x in self.target_returns)
+        pick_device(self.device)  # validates the string
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float):
+    """No weight decay on biases, norms and embeddings (as GPT-2/minGPT and the original DT)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embed" in name.split(".")[0] or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Owns the optimisation state of one agent on one dataset; ``run()`` trains up to ``config.steps``.
+
+    ``rank``/``world_size`` support data-parallel training (see :mod:`flowrl.agents.distributed`): each rank
+    samples with its own seed stream and only rank 0 logs, evaluates and writes files.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        dataset,
+        config: TrainConfig,
+        run_dir: str | os.PathLike | None = None,
+        *,
+        progress: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        ddp_model: torch.nn.Module | None = None,
+    ):
+        self.agent, self.dataset, self.config = agent, dataset, config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress, self.rank, self.world_size = progress, rank, world_size
+        self.is_main = rank == 0
+        self.device = agent.device
+        acfg = agent.config
+        self.train_model = ddp_model if ddp_model is not None else agent.model
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(agent.model, acfg.weight_decay), lr=acfg.lr, betas=(0.9, 0.999)
+        )
+        warmup = acfg.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.sampler = agent.make_sampler(dataset, seed=config.seed * 1000 + rank)
+        self.step = 0
+        self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_score": [], "eval_return": []}
+        self.update_calls = 0
+        self._writer = None
+
+    # ------------------------------------------------------------------ one update
+    def update(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One gradient step on ``batch``; returns (loss, grad_norm) as tensors (no host sync)."""
+        self.update_calls += 1
+        self.train_model.train()
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.bf16 else contextlib.nullcontext()
+        with amp:
+            loss = self._loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.agent.config.grad_clip
+        params = self.agent.model.parameters()
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf, foreach=True)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), norm.detach()
+
+    def _loss(self, batch) -> torch.Tensor:
+        if self.train_model is self.agent.model:
+            return self.agent.loss(batch)
+        # DDP: run the forward through the wrapper so gradients are all-reduced
+        original = self.agent.model
+        try:
+            self.agent.model = self.train_model  # type: ignore[assignment]
+            return self.agent.loss(batch)
+        finally:
+            self.agent.model = original
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict[str, Any]:
+        cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.eval_episodes > 0 and self.is_main and self.eval_env() is not None:
+            from flowrl.envs import check_compatible
+
+            check_compatible(self.dataset, self.eval_env())  # fail before training, not after it
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=cfg.steps, initial=self.step, desc=f"train {self.agent.algo}", unit="step", dynamic_ncols=True
+            )
+        t0, s0 = time.perf_counter(), self.step
+        window_loss = torch.zeros((), device=self.device)
+        window_norm = torch.zeros((), device=self.device)
+        window_n = 0
+        results: dict[str, Any] = {}
+        while self.step < cfg.steps:
+            loss, norm = self.update(self.sampler.sample(self.agent.config.batch_size))
+            self.step += 1
+            window_loss += loss.float()
+            window_norm += norm.float()
+            window_n += 1
+            last = self.step == cfg.steps
+            if self.step % cfg.log_every == 0 or last:
+                mean_loss = float(window_loss) / window_n  # one host sync per log interval
+                rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
+                self._log_scalars(
+                    {
+                        "train/loss": mean_loss,
+                        "train/grad_norm": float(window_norm) / window_n,
+                        "train/lr": self.scheduler.get_last_lr()[0],
+                        "train/steps_per_s": rate,
+                    }
+                )
+                self.history["step"].append(self.step)
+                self.history["loss"].append(mean_loss)
+                window_loss.zero_(), window_norm.zero_()
+                window_n = 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
+                self.evaluate()
+            if self.step % cfg.checkpoint_every == 0 or last:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        results["train"] = {
+            "steps": self.step,
+            "steps_this_session": self.step - s0,
+            "seconds": elapsed,
+            "steps_per_s": (self.step - s0) / elapsed if elapsed > 0 else None,
+            "final_loss": self.history["loss"][-1] if self.history["loss"] else None,
+        }
+        if cfg.eval_episodes > 0:
+            results["eval"] = self.evaluate()
+        if self.is_main and self.run_dir is not None:
+            self.save_checkpoint()  # no-op if the last step is already saved
+            self._write_results(results)
+            self._plot()
+        if self._writer is not None:
+            self._writer.close()
+        return results
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_env(self) -> str | None:
+        meta = self.dataset.metadata
+        return self.agent.env_name or meta.get("gym_id") or meta.get("env_name")
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Vectorized rollouts (rank 0 only); logs and returns one dict per target return."""
+        if not self.is_main or self.config.eval_episodes <= 0:
+            return []
+        from flowrl.envs import evaluate, get_spec
+
+        env = self.eval_env()
+        if env is None:
+            print("note: the dataset names no environment; skipping evaluation")
+            return []
+        targets: tuple = (None,)
+        if self.agent.algo == "dt":
+            targets = self.config.target_returns or get_spec(env).target_returns or self.agent.dataset_targets()
+        results = evaluate(
+            self.agent.make_policy(),
+            env,
+            episodes=self.config.eval_episodes,
+            num_envs=self.config.num_envs,
+            seed=self.config.eval_seed,
+            target_returns=targets,
+            max_episode_steps=self.config.max_episode_steps or None,
+            progress=self.progress,
+            ref_scores=self.agent.reference_scores(),
+        )
+        out = [r.to_dict() for r in results]
+        for r in results:
+            tag = "bc" if r.target_return is None else f"target_{r.target_return:g}"
+            scalars = {f"eval/{tag}/return_mean": float(np.mean(r.returns))}
+            if r.normalized is not None:
+                scalars[f"eval/{tag}/normalized_mean"] = float(np.mean(r.normalized))
+            self._log_scalars(scalars)
+        best = max(results, key=lambda r: float(np.mean(r.returns)))
+        self.history["eval_step"].append(self.step)
+        self.history["eval_return"].append(float(np.mean(best.returns)))
+        self.history["eval_score"].append(None if best.normalized is None else float(np.mean(best.normalized)))
+        return out
+
+    # ------------------------------------------------------------------ files
+    def _log_scalars(self, scalars: dict[str, float]) -> None:
+        if not self.is_main or self.run_dir is None:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir))
+        for k, v in scalars.items():
+            self._writer.add_scalar(k, v, self.step)
+
+    def checkpoint_dir(self) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.is_main or self.run_dir is None:
+            return None
+        root = self.checkpoint_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"step_{self.step:08d}"
+        final = root / name
+        if final.exists():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            self.agent.write_into(tmp)
+            torch.save(self.trainer_state(), tmp / TRAINER_FILE)
+            replace_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_text(root / "latest", name + "\n")
+        old = sorted(p for p in root.glob("step_*") if p.is_dir())[: -self.config.keep_checkpoints]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+        return final
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "history": self.history,
+        }
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint of ``run_dir``; returns the step it resumes from."""
+        from flowrl.agents.agent import MODEL_FILE
+
+        root = self.checkpoint_dir()
+        latest = root / "latest"
+        if not latest.exists():
+            raise FileNotFoundError(f"nothing to resume in {self.run_dir}: no checkpoints/latest")
+        folder = root / latest.read_text().strip()
+        try:
+            weights = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+            state = torch.load(folder / TRAINER_FILE, map_location="cpu", weights_only=True)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
+        except Exception as e:
+            raise ValueError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
+        try:
+            self.agent.model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ValueError(
+                f"checkpoint {folder} was written for another model size: {str(e).splitlines()[0]}"
+            ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        self.history = state["history"]
+        self.step = int(state["step"])
+        return self.step
+
+    def _write_results(self, results: dict[str, Any]) -> None:
+        payload = {
+            "algo": self.agent.algo,
+            "attention": getattr(self.agent.config, "attention", None),
+            "env": self.eval_env(),
+            "dataset": self.config.extra.get("dataset"),
+            **results,
+        }
+        atomic_write_text(self.run_dir / "results.json", json.dumps(payload, indent=2, default=_jsonable) + "\n")
+
+    def _plot(self) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        h = self.history
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        axes[0].plot(h["step"], h["loss"])
+        axes[0].set(xlabel="update step", ylabel="action MSE", title="training loss", yscale="log")
+        scores = [s for s in h["eval_score"] if s is not None]
+        if scores and len(scores) == len(h["eval_step"]):
+            axes[1].plot(h["eval_step"], scores, marker="o")
+            axes[1].set(ylabel="D4RL-normalized score")
+        else:
+            axes[1].plot(h["eval_step"], h["eval_return"], marker="o")
+            axes[1].set(ylabel="return")
+        axes[1].set(xlabel="update step", title="evaluation (best target)")
+        fig.tight_layout()
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=self.run_dir)
+        os.close(fd)
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, self.run_dir / "learning_curve.png")
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def fit(
+    agent: Agent,
+    dataset,
+    config: TrainConfig | None = None,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``agent`` on ``dataset`` (a TrajectoryDataset); returns training and evaluation results.
+
+    With ``run_dir``, writes checkpoints, TensorBoard events, results.json and learning_curve.png there;
+    ``resume=True`` continues from its latest checkpoint.
+    """
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)
+    agent.fit_normalization(dataset)
+    trainer = Trainer(agent, dataset, config, run_dir, progress=progress)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume=True needs a run_dir")
+        trainer.resume()
+    return trainer.run()

@@ -1,0 +1,238 @@
+"""One harness for every agent: flow-DT, softmax-DT and BC."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flowrl.agents import (
+    BCConfig,
+    DecisionTransformerConfig,
+    TrainConfig,
+    Trainer,
+    fit,
+    load_agent,
+    make_agent,
+    preset,
+)
+from flowrl.agents.config import config_from_dict
+
+from .conftest import random_dataset, toy_dataset
+
+AGENTS = {
+    "flow-dt": lambda: DecisionTransformerConfig(context=6, dim=16, depth=2, heads=2, warmup_steps=5, batch_size=8),
+    "softmax-dt": lambda: DecisionTransformerConfig(
+        context=6, dim=16, depth=2, heads=2, attention="softmax", warmup_steps=5, batch_size=8
+    ),
+    "bc": lambda: BCConfig(hidden=16, layers=2, batch_size=16),
+}
+
+QUICK = dict(eval_episodes=0, log_every=2, checkpoint_every=3)
+
+
+@pytest.fixture(params=list(AGENTS), ids=list(AGENTS))
+def kind(request):
+    return request.param
+
+
+def _agent(kind, ds, seed=0):
+    return make_agent(AGENTS[kind](), ds.obs_dim, ds.act_dim, seed=seed)
+
+
+def _weights(agent):
+    return {k: v.clone() for k, v in agent.model.state_dict().items()}
+
+
+def test_fit_calls_update_n_times(kind, tiny_data):
+    agent = _agent(kind, tiny_data)
+    trainer = Trainer(agent, tiny_data, TrainConfig(steps=7, **QUICK), progress=False)
+    before = _weights(agent)
+    out = trainer.run()
+    assert trainer.update_calls == 7 and out["train"]["steps"] == 7
+    assert any(not torch.equal(before[k], v) for k, v in agent.model.state_dict().items())
+
+
+def test_action_shapes_and_bounds(kind, tiny_data):
+    agent = _agent(kind, tiny_data)
+    agent.fit_normalization(tiny_data)
+    policy = agent.make_policy()
+    policy.reset(np.ones(4, bool), target_return=10.0)
+    rng = np.random.default_rng(0)
+    for _ in range(9):
+        a = policy.act(rng.normal(size=(4, 5)).astype(np.float32) * 100, rng.normal(size=4).astype(np.float32))
+        assert a.shape == (4, 2) and a.dtype == np.float32
+        assert np.all(np.abs(a) <= 1.0) and np.isfinite(a).all()
+
+
+def test_save_load_identical_actions(kind, tiny_data, tmp_path):
+    agent = _agent(kind, tiny_data)
+    fit(agent, tiny_data, TrainConfig(steps=3, **QUICK), progress=False)
+    agent.save(tmp_path / "agent")
+    loaded = load_agent(tmp_path / "agent")
+    assert torch.load(tmp_path / "agent" / "model.pt", weights_only=True)  # plain tensors only
+    assert loaded.config == agent.config and loaded.algo == agent.algo
+    obs = np.random.default_rng(1).normal(size=(6, 5)).astype(np.float32)
+    rtg = np.linspace(10, 5, 6)
+    np.testing.assert_array_equal(loaded.act(obs, rtg), agent.act(obs, rtg))
+
+
+def test_config_json_round_trip(kind):
+    cfg = AGENTS[kind]()
+    assert config_from_dict(type(cfg).algo, json.loads(cfg.to_json())) == cfg
+
+
+def test_resume_is_bit_identical(kind, tiny_data, tmp_path):
+    full = _agent(kind, tiny_data)
+    fit(full, tiny_data, TrainConfig(steps=8, **QUICK), tmp_path / "full", progress=False)
+
+    part = _agent(kind, tiny_data)
+    fit(part, tiny_data, TrainConfig(steps=5, **QUICK), tmp_path / "split", progress=False)
+    resumed = _agent(kind, tiny_data, seed=123)  # different init: everything must come from the checkpoint
+    out = fit(resumed, tiny_data, TrainConfig(steps=8, **QUICK), tmp_path / "split", resume=True, progress=False)
+    assert out["train"]["steps_this_session"] == 3
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert torch.equal(
+        load_agent(tmp_path / "split").model.state_dict()[k], load_agent(tmp_path / "full").model.state_dict()[k]
+    )
+
+
+def test_run_folder_contents(tmp_path):
+    data = toy_dataset(episodes=10)
+    agent = _agent("flow-dt", data)
+    cfg = TrainConfig(steps=4, eval_episodes=2, num_envs=2, max_episode_steps=5, log_every=2, checkpoint_every=2)
+    out = fit(agent, data, cfg, tmp_path / "run", progress=False)
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"checkpoints", "results.json", "learning_curve.png"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [r["target_return"] for r in results["eval"]] == [r["target_return"] for r in out["eval"]]
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_00000002", "step_00000004"]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+
+
+# ---------------------------------------------------------------------------- the DT model itself
+@pytest.mark.parametrize("attention", ["flow", "softmax"])
+def test_action_at_t_does_not_depend_on_later_tokens(attention):
+    torch.manual_seed(0)
+    cfg = DecisionTransformerConfig(context=8, dim=16, depth=2, heads=2, attention=attention, dropout=0.0)
+    model = make_agent(cfg, 5, 3).model.double().eval()
+    B, K = 2, 8
+    s, a = torch.randn(B, K, 5, dtype=torch.float64), torch.randn(B, K, 3, dtype=torch.float64)
+    r, ts = torch.randn(B, K, 1, dtype=torch.float64), torch.arange(K).repeat(B, 1)
+    base = model(s, a, r, ts)
+    for t in range(K):
+        a2, s2, r2 = a.clone(), s.clone(), r.clone()
+        a2[:, t:] += 1.0  # a_t itself is the target at t: it must not leak into its own prediction
+        s2[:, t + 1 :] += 1.0
+        r2[:, t + 1 :] += 1.0
+        out = model(s2, a2, r2, ts)
+        torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], rtol=0, atol=1e-12)
+        if t + 1 < K:
+            assert (out[:, t + 1 :] - base[:, t + 1 :]).abs().max() > 1e-6
+    # and a_t does depend on s_t: the prediction index is the state token
+    s3 = s.clone()
+    s3[:, 3] += 1.0
+    assert (model(s3, a, r, ts)[:, 3] - base[:, 3]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("attention", ["flow", "softmax"])
+def test_stateful_policy_equals_recomputing_each_window(attention):
+    torch.manual_seed(0)
+    cfg = DecisionTransformerConfig(context=5, dim=16, depth=2, heads=2, attention=attention, dropout=0.0)
+    agent = make_agent(cfg, 4, 2)
+    agent.model.double()
+    agent.model.normalizer.set(np.full(4, 0.5), np.full(4, 2.0))
+    policies = [agent.make_policy()]
+    if attention == "flow":
+        policies.append(agent.make_policy(recurrent=False))
+        assert policies[0].recurrent
+    n, steps = 3, 17
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(steps, n, 4)).astype(np.float32)
+    rew = rng.normal(size=(steps, n)).astype(np.float32)
+    resets = {6: np.array([False, True, False]), 11: np.array([True, False, False])}
+    actions = []
+    for policy in policies:
+        policy.reset(np.ones(n, bool), target_return=30.0)
+        out = []
+        last_r = np.zeros(n, np.float32)
+        for t in range(steps):
+            if t in resets:
+                policy.reset(resets[t], target_return=30.0)
+                last_r = np.where(resets[t], 0.0, last_r).astype(np.float32)
+            out.append(policy.act(obs[t], last_r))
+            last_r = rew[t]
+        actions.append(np.stack(out))
+    # from scratch: rebuild each env's episode history and ask agent.act for the last action
+    expected = np.zeros_like(actions[0])
+    for e in range(n):
+        start, hist_s, hist_a, hist_r, ret = 0, [], [], [], 30.0
+        for t in range(steps):
+            if t in resets and resets[t][e]:
+                start, hist_s, hist_a, hist_r, ret = t, [], [], [], 30.0
+            elif t > start:
+                ret -= rew[t - 1, e]
+            hist_s.append(obs[t, e])
+            hist_r.append(ret)
+            hist_a.append(np.zeros(2, np.float32))
+            a = agent.act(np.stack(hist_s), np.array(hist_r), np.stack(hist_a), np.arange(len(hist_s)))
+            hist_a[-1] = a
+            expected[t, e] = a
+    for got in actions:
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_configs():
+    with pytest.raises(ValueError, match="context K must be >= 1"):
+        DecisionTransformerConfig(context=0)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        DecisionTransformerConfig(lr=-1e-4)
+    with pytest.raises(ValueError, match="unknown attention 'linear'"):
+        DecisionTransformerConfig(attention="linear")
+    with pytest.raises(ValueError, match="unknown preset 'gpt'"):
+        preset("gpt")
+    assert preset("flowformer").dim == 256 and preset("flowformer").heads == 4
+
+
+def test_checkpoint_of_another_size_or_truncated(tiny_data, tmp_path):
+    agent = _agent("flow-dt", tiny_data)
+    agent.save(tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / "agent.json").read_text())
+    meta["config"]["dim"] = 32
+    (tmp_path / "a" / "agent.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match its agent.json.*another model size"):
+        load_agent(tmp_path / "a")
+    agent.save(tmp_path / "b")
+    data = (tmp_path / "b" / "model.pt").read_bytes()
+    (tmp_path / "b" / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_agent(tmp_path / "b")
+    with pytest.raises(FileNotFoundError, match="is not a flowrl checkpoint"):
+        load_agent(tmp_path)
+
+
+def test_dataset_of_other_sizes_is_refused(tiny_data):
+    agent = _agent("flow-dt", tiny_data)
+    other = random_dataset(obs_dim=7)
+    with pytest.raises(ValueError, match="observation/action sizes 7/2 but the agent was built for 5/2"):
+        fit(agent, other, TrainConfig(steps=1, **QUICK), progress=False)
+
+
+def test_dataset_that_does_not_fit_the_env_fails_before_training(tiny_data, tmp_path):
+    agent = _agent("flow-dt", tiny_data)  # 5-d observations, but the metadata names the 2-d toy env
+    with pytest.raises(ValueError, match="does not fit"):
+        fit(agent, tiny_data, TrainConfig(steps=2, eval_episodes=1), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_resume_refuses_another_model_size(tiny_data, tmp_path):
+    fit(_agent("flow-dt", tiny_data), tiny_data, TrainConfig(steps=2, **QUICK), tmp_path / "r", progress=False)
+    bigger = make_agent(DecisionTransformerConfig(context=6, dim=32, depth=2, heads=2), 5, 2)
+    with pytest.raises(ValueError, match="another model size"):
+        fit(bigger, tiny_data, TrainConfig(steps=4, **QUICK), tmp_path / "r", resume=True, progress=False)
+    assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_00000002"

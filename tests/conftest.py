@@ -1,0 +1,13 @@
+"""Project-wide test settings: never touch the network or the user's dataset folders."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Set before any test module imports minari/huggingface: every test runs offline, against private folders.
+_ROOT = tempfile.mkdtemp(prefix="flowrl-tests-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MINARI_DATASETS_PATH", os.path.join(_ROOT, "minari"))
+os.environ.setdefault("D4RL_DATASET_DIR", os.path.join(_ROOT, "d4rl"))
+os.environ.setdefault("MUJOCO_GL", "egl")
