@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ __all__ = [
 ALGORITHMS = ("sac", "td3")
 RUN_FILE = "run.json"
 BUFFER_FILE = "replay_buffer.npz"
+# Identity keys added after the first runs were made; absent ones mean the defaults.
+_OPTIONAL_IDENTITY = ("hidden", "batch_size", "learning_starts")
 _BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
@@ -85,13 +87,22 @@ class TrainConfig:
     """Seed for SB3 (networks, exploration) and the training env; eval envs use ``seed + 10_000 + i``."""
     device: str = "cpu"
     """Torch device for SB3; small MLPs are fastest on one CPU thread."""
+    hidden: tuple[int, ...] | None = None
+    """Actor and critic hidden sizes; None = SB3's default for the algorithm (SAC 256-256, TD3 400-300)."""
+    batch_size: int = 256
+    """Minibatch size per gradient step (SB3's SAC default)."""
+    learning_starts: int = 100
+    """Uniform-random steps before learning starts (SB3's default)."""
 
     def __post_init__(self) -> None:
         self.algo = self.algo.lower()
         if self.algo not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
-        if self.steps <= 0 or self.checkpoint_every <= 0 or self.eval_episodes <= 0:
-            raise ValueError("steps, checkpoint_every and eval_episodes must be positive")
+        self.hidden = None if self.hidden is None else tuple(int(h) for h in self.hidden)
+        if self.steps <= 0 or self.checkpoint_every <= 0 or self.eval_episodes <= 0 or self.batch_size <= 0:
+            raise ValueError("steps, checkpoint_every, eval_episodes and batch_size must be positive")
+        if (self.hidden is not None and (not self.hidden or min(self.hidden) <= 0)) or self.learning_starts < 0:
+            raise ValueError("hidden sizes must be positive and learning_starts non-negative")
 
 
 def _make_env(gym_id: str, max_episode_steps: int, *, seed: int | None = None):
@@ -110,14 +121,16 @@ def _make_env(gym_id: str, max_episode_steps: int, *, seed: int | None = None):
 def _make_model(cfg: TrainConfig, env, buffer_size: int):
     from stable_baselines3 import SAC, TD3
 
+    kw = {"buffer_size": buffer_size, "seed": cfg.seed, "device": cfg.device, "verbose": 0,
+          "batch_size": cfg.batch_size, "learning_starts": cfg.learning_starts}
+    if cfg.hidden is not None:
+        kw["policy_kwargs"] = {"net_arch": list(cfg.hidden)}
     if cfg.algo == "sac":
-        return SAC("MlpPolicy", env, buffer_size=buffer_size, seed=cfg.seed, device=cfg.device, verbose=0)
+        return SAC("MlpPolicy", env, **kw)
     from stable_baselines3.common.noise import NormalActionNoise
 
     n = env.action_space.shape[0]
-    noise = NormalActionNoise(np.zeros(n), 0.1 * np.ones(n))
-    return TD3("MlpPolicy", env, buffer_size=buffer_size, action_noise=noise, seed=cfg.seed, device=cfg.device,
-               verbose=0)
+    return TD3("MlpPolicy", env, action_noise=NormalActionNoise(np.zeros(n), 0.1 * np.ones(n)), **kw)
 
 
 def _load_model(algo: str, path: Path, env=None, device: str = "cpu"):
@@ -194,12 +207,15 @@ def train_behavior(
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     identity = {"env": spec.name, "gym_id": spec.gym_id, "algo": cfg.algo, "seed": cfg.seed,
-                "checkpoint_every": cfg.checkpoint_every, "eval_episodes": cfg.eval_episodes}
+                "checkpoint_every": cfg.checkpoint_every, "eval_episodes": cfg.eval_episodes,
+                "hidden": None if cfg.hidden is None else list(cfg.hidden), "batch_size": cfg.batch_size,
+                "learning_starts": cfg.learning_starts}
     env = _make_env(spec.gym_id, spec.max_episode_steps)
 
     if (run_dir / RUN_FILE).is_file():
         state = load_run(run_dir)
-        clash = {k: (state.get(k), v) for k, v in identity.items() if state.get(k) != v}
+        clash = {k: (state.get(k, v if k in _OPTIONAL_IDENTITY else None), v) for k, v in identity.items()}
+        clash = {k: ab for k, ab in clash.items() if ab[0] != ab[1]}
         if clash:
             raise ValueError(f"run directory {run_dir} was made with different settings: "
                              + ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in clash.items()))
@@ -644,8 +660,7 @@ def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callabl
 
     state, medium_ck, final_ck, policies = None, None, None, {}
     if needs_policy:
-        train_cfg = TrainConfig(env=cfg.env, algo=cfg.algo, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
-                                eval_episodes=cfg.eval_episodes, seed=cfg.seed, device=cfg.device)
+        train_cfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
         state = train_behavior(train_cfg, run_dir, progress=progress, on_checkpoint=on_checkpoint, command=command)
         ckpts = [c for c in state["checkpoints"] if c["step"] <= cfg.steps]
         final_ck = ckpts[-1]

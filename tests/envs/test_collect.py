@@ -20,7 +20,8 @@ from flowrl.envs.specs import get_spec
 from flowrl.scripts.cli import main
 
 HOPPER = get_spec("hopper")
-STEPS, EVERY = 300, 100  # SB3 SAC starts learning after 100 steps
+STEPS, EVERY = 300, 100
+TINY = {"hidden": (32, 32), "batch_size": 32, "learning_starts": 50}  # a few seconds of SAC on a shared core
 
 
 class Interrupted(Exception):
@@ -50,7 +51,7 @@ def hopper_run(tmp_path_factory):
             raise Interrupted
 
     cfg = C.CollectConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, transitions=400,
-                          num_envs=4, run_dir=str(run_dir))
+                          num_envs=4, run_dir=str(run_dir), **TINY)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINARI_DATASETS_PATH", str(root))
         with pytest.raises(Interrupted):
@@ -75,14 +76,15 @@ def test_interrupted_run_resumes_and_finishes(hopper_run):
     # the episode cut by the interruption ends as a truncation at the last transition before the checkpoint
     assert buf["dones"][EVERY - 1] == 1 and buf["timeouts"][EVERY - 1] == 1
     # a finished run is not retrained
-    again = C.train_behavior(C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1),
+    again = C.train_behavior(C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
                              hopper_run["run_dir"], progress=False, on_checkpoint=lambda e: pytest.fail("retrained"))
     assert again["checkpoints"] == state["checkpoints"]
 
 
 def test_resume_refuses_other_settings(hopper_run):
     with pytest.raises(ValueError, match="different settings"):
-        C.train_behavior(C.TrainConfig("hopper", algo="td3", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1),
+        C.train_behavior(C.TrainConfig("hopper", algo="td3", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1,
+                                       **TINY),
                          hopper_run["run_dir"], progress=False)
 
 
@@ -173,7 +175,8 @@ def test_select_medium_rule():
 def test_measured_reference_scores_for_env_without_d4rl_constants(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "m"))
     cfg = C.CollectConfig("InvertedPendulum-v5", levels="random,expert", steps=150, checkpoint_every=150,
-                          eval_episodes=1, transitions=200, ref_episodes=4, num_envs=2, run_dir=str(tmp_path / "run"))
+                          eval_episodes=1, transitions=200, ref_episodes=4, num_envs=2, run_dir=str(tmp_path / "run"),
+                          **TINY)
     out = C.collect(cfg, progress=False)
     m = read_minari_dir(out["expert"]["path"]).metadata
     assert m["ref_source"] == "measured over 4 episodes"
