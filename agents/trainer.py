@@ -122,7 +122,8 @@ class Trainer:
     """Owns the optimisation state of one agent on one dataset; ``run()`` trains up to ``config.steps``.
 
     ``rank``/``world_size`` support data-parallel training (see :mod:`flowrl.agents.distributed`): each rank
-    samples with its own seed stream and only rank 0 logs, evaluates and writes files.
+    samples with its own seed stream and only rank 0 logs, evaluates and writes files. ``batch_size``
+    overrides ``agent.config.batch_size`` as the number of samples drawn per update (per rank under DDP).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         ddp_model: torch.nn.Module | None = None,
+        batch_size: int | None = None,
     ):
         self.agent, self.dataset, self.config = agent, dataset, config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -152,6 +154,7 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
         )
         self.sampler = agent.make_sampler(dataset, seed=config.seed * 1000 + rank)
+        self.batch_size = int(batch_size or acfg.batch_size)
         self.step = 0
         self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_score": [], "eval_return": []}
         self.update_calls = 0
@@ -207,14 +210,14 @@ class Trainer:
         window_n = 0
         results: dict[str, Any] = {}
         while self.step < cfg.steps:
-            loss, norm = self.update(self.sampler.sample(self.agent.config.batch_size))
+            loss, norm = self.update(self.sampler.sample(self.batch_size))
             self.step += 1
             window_loss += loss.float()
             window_norm += norm.float()
             window_n += 1
             last = self.step == cfg.steps
             if self.step % cfg.log_every == 0 or last:
-                mean_loss = float(window_loss) / window_n  # one host sync per log interval
+                mean_loss = float(self._mean_over_ranks(window_loss)) / window_n  # one host sync per log interval
                 rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
                 self._log_scalars(
                     {
@@ -248,13 +251,18 @@ class Trainer:
         }
         if cfg.eval_episodes > 0:
             results["eval"] = self.evaluate()
+        if self.run_dir is not None:
+            self.save_checkpoint()  # no-op if the last step is already saved; every rank calls it (DDP gathers)
         if self.is_main and self.run_dir is not None:
-            self.save_checkpoint()  # no-op if the last step is already saved
             self._write_results(results)
             self._plot()
         if self._writer is not None:
             self._writer.close()
         return results
+
+    def _mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        """Hook for DDP (the mean of ``x`` over ranks, for logging); one process: ``x``."""
+        return x
 
     # ------------------------------------------------------------------ evaluation
     def eval_env(self) -> str | None:
@@ -348,6 +356,11 @@ class Trainer:
 
     def resume(self) -> int:
         """Restore the newest checkpoint of ``run_dir``; returns the step it resumes from."""
+        self.load_state(*self.read_checkpoint())
+        return self.step
+
+    def read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(model weights, trainer state) of the newest checkpoint of ``run_dir``, on the CPU."""
         from flowrl.agents.agent import MODEL_FILE
 
         root = self.checkpoint_dir()
@@ -362,11 +375,15 @@ class Trainer:
             raise FileNotFoundError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
         except Exception as e:
             raise ValueError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
+        return weights, state
+
+    def load_state(self, weights: dict[str, Any], state: dict[str, Any]) -> None:
+        """Apply what :meth:`read_checkpoint` returned: weights, optimizer, scheduler, RNGs, step."""
         try:
             self.agent.model.load_state_dict(weights)
         except RuntimeError as e:
             raise ValueError(
-                f"checkpoint {folder} was written for another model size: {str(e).splitlines()[0]}"
+                f"the checkpoint in {self.run_dir} was written for another model size: {str(e).splitlines()[0]}"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -374,7 +391,6 @@ class Trainer:
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
         self.history = state["history"]
         self.step = int(state["step"])
-        return self.step
 
     def _write_results(self, results: dict[str, Any]) -> None:
         payload = {
