@@ -322,17 +322,23 @@ def _check_finite(arr: np.ndarray, name: str, where: str) -> None:
 
 
 def _mean_std(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and floored std of [N, D] float32 rows, in float64 with two blocked passes."""
+    """Column mean and floored std of [N, D] float32 rows: sums accumulated in float64, two blocked passes
+    (the second on float32 rows centred by the mean, which keeps float32 rounding far below the spread)."""
     n = obs.shape[0]
     total = np.zeros(obs.shape[1], dtype=np.float64)
     for i in range(0, n, _BLOCK_ROWS):
         total += obs[i : i + _BLOCK_ROWS].sum(axis=0, dtype=np.float64)
     mean = total / n
+    mean32 = mean.astype(np.float32)
     sq = np.zeros_like(total)
+    shift = np.zeros_like(total)
     for i in range(0, n, _BLOCK_ROWS):
-        d = obs[i : i + _BLOCK_ROWS].astype(np.float64) - mean
-        sq += np.einsum("ij,ij->j", d, d)
-    std = np.sqrt(sq / n) + _STD_FLOOR
+        d = obs[i : i + _BLOCK_ROWS] - mean32
+        sq += np.einsum("ij,ij->j", d, d, dtype=np.float64)
+        shift += d.sum(axis=0, dtype=np.float64)
+    # correct for mean32 != mean (exact two-pass identity: var = E[d^2] - E[d]^2 with d = x - mean32)
+    var = sq / n - (shift / n) ** 2
+    std = np.sqrt(np.maximum(var, 0.0)) + _STD_FLOOR
     return mean.astype(np.float32), std.astype(np.float32)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -164,6 +165,7 @@ def evaluate(
     vectorization: Literal["sync", "async"] = "sync",
     ref_scores: tuple[float, float] | None = None,
     video_size: tuple[int, int] = (320, 240),
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> list[EvalResult]:
     """Roll out ``policy`` for ``episodes`` episodes per target return, ``num_envs`` environments at once.
 
@@ -181,6 +183,8 @@ def evaluate(
         vectorization: "sync" (default) or "async", see the module doc.
         ref_scores: (ref_min, ref_max) overriding the spec's D4RL reference scores.
         video_size: (width, height) of recorded MuJoCo frames.
+        env_kwargs: extra keyword arguments for ``gymnasium.make`` (e.g. ``{"terminate_when_unhealthy":
+            False}`` for MuJoCo locomotion).
 
     Returns:
         One :class:`EvalResult` per target return, in order.
@@ -198,7 +202,7 @@ def evaluate(
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; read when the renderer is made
     n = min(num_envs, episodes)
     limit = max_episode_steps or spec.max_episode_steps
-    runner = _Runner(spec.gym_id, n, limit, vectorization, video_size if video_path else None)
+    runner = _Runner(spec.gym_id, n, limit, vectorization, video_size if video_path else None, env_kwargs)
     results = []
     try:
         with tqdm(total=episodes * len(targets), desc=f"eval {spec.gym_id}", unit="ep",
@@ -229,11 +233,12 @@ def evaluate(
 class _Runner:
     """N environments with per-episode seeds; steps only the active ones in "sync" mode."""
 
-    def __init__(self, gym_id: str, n: int, limit: int, mode: str, video_size: tuple[int, int] | None):
+    def __init__(self, gym_id: str, n: int, limit: int, mode: str, video_size: tuple[int, int] | None,
+                 env_kwargs: Mapping[str, Any] | None = None):
         import gymnasium
         from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-        kwargs: dict[str, Any] = {"max_episode_steps": limit}
+        kwargs: dict[str, Any] = {**dict(env_kwargs or {}), "max_episode_steps": limit}
         if video_size is not None:
             kwargs["render_mode"] = "rgb_array"
             if "mujoco" in str(gymnasium.spec(gym_id).entry_point):
