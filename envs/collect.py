@@ -11,6 +11,7 @@ the last checkpoint after an interruption. A run directory holds::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -66,6 +67,19 @@ def _atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the block with one torch thread (small MLPs: more threads only add contention), then restore."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -199,12 +213,13 @@ def train_behavior(
     episode cut by the interruption is flagged as a timeout in the buffer). ``on_checkpoint(entry)`` is called
     after each checkpoint is committed (tests use it to simulate a crash).
     """
-    import torch
     from flowrl.envs.specs import get_spec
 
-    torch.set_num_threads(1)
-    spec = get_spec(cfg.env)
-    run_dir = Path(run_dir)
+    with one_torch_thread():
+        return _train(cfg, get_spec(cfg.env), Path(run_dir), progress, on_checkpoint, command)
+
+
+def _train(cfg: TrainConfig, spec, run_dir: Path, progress: bool, on_checkpoint, command) -> dict:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     identity = {"env": spec.name, "gym_id": spec.gym_id, "algo": cfg.algo, "seed": cfg.seed,
                 "checkpoint_every": cfg.checkpoint_every, "eval_episodes": cfg.eval_episodes,
@@ -340,6 +355,12 @@ def record(
     [N, act], ``rewards`` [N] and bool ``terminals``, ``timeouts`` [N] (episodes in env-copy order), plus
     ``episode_returns`` (episodes that ended by termination or time limit) and ``cut_returns`` (cut ones).
     """
+    with one_torch_thread():
+        return _record(spec, transitions, policy, deterministic=deterministic, seed=seed, num_envs=num_envs,
+                       progress=progress, desc=desc)
+
+
+def _record(spec, transitions, policy, *, deterministic, seed, num_envs, progress, desc) -> dict[str, Any]:
     import gymnasium as gym
     import torch
 
@@ -414,6 +435,12 @@ def record(
 def measure_returns(spec, policy=None, episodes: int = 100, *, deterministic: bool = False, seed: int = 0,
                     num_envs: int = 16, progress: bool = True, desc: str = "measure") -> np.ndarray:
     """Returns of ``episodes`` whole episodes of ``policy`` (None: uniform random), batched over env copies."""
+    with one_torch_thread():
+        return _measure(spec, policy, episodes, deterministic=deterministic, seed=seed, num_envs=num_envs,
+                        progress=progress, desc=desc)
+
+
+def _measure(spec, policy, episodes, *, deterministic, seed, num_envs, progress, desc) -> np.ndarray:
     import gymnasium as gym
     import torch
 
