@@ -828,3 +828,47 @@ def ensure_default_dataset(name: str = "hopper-medium", *, progress: bool = True
     except FileExistsError:  # another process generated it meanwhile
         pass
     return ds_id
+
+
+def export_behavior_policy(source, out: str | os.PathLike, env: str = "hopper", *, info: dict[str, Any] | None = None,
+                           seeds: tuple[int, ...] = (0, 1, 2), transitions: int = DEFAULT_TRANSITIONS,
+                           num_envs: int = 16, progress: bool = True) -> dict[str, Any]:
+    """Export an SB3 SAC/TD3 model (or ``.zip``) to a compact policy and record what it generates.
+
+    For each seed a default-size dataset is recorded exactly as :func:`ensure_default_dataset` does (not
+    written); the sidecar JSON gets ``info`` plus ``mean_return_range`` (the lowest and highest dataset mean
+    return over ``seeds``, widened by two standard errors), ``episode_return_range`` (lowest and highest
+    complete-episode return), the per-seed means and generation wall times.
+    """
+    from flowrl.envs.behavior import from_sb3, save_behavior
+    from flowrl.envs.specs import get_spec
+
+    spec = get_spec(env)
+    policy = from_sb3(source)
+    obs_dim, act_dim, _, _ = _flat_dims(spec)
+    if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
+        raise ValueError(f"policy is for sizes {policy.obs_dim}/{policy.act_dim}; "
+                         f"{spec.gym_id} has {obs_dim}/{act_dim}")
+    means, lows, highs, walls, all_returns = [], [], [], [], []
+    for seed in seeds:
+        t0 = time.time()
+        arr = record(spec, transitions, policy, seed=seed, num_envs=num_envs, progress=progress,
+                     desc=f"dataset seed {seed}")
+        walls.append(round(time.time() - t0, 1))
+        rets = arr["episode_returns"]
+        se = float(np.std(rets) / np.sqrt(max(len(rets), 1)))
+        means.append(float(np.mean(rets)))
+        lows.append(means[-1] - 2 * se)
+        highs.append(means[-1] + 2 * se)
+        all_returns.append(rets)
+    rets = np.concatenate(all_returns)
+    stats = {
+        "env": spec.name, "gym_id": spec.gym_id, **(info or {}),
+        "default_dataset": {"transitions": transitions, "num_envs": num_envs, "seeds": list(seeds),
+                            "mean_returns": [round(m, 1) for m in means], "wall_s": walls,
+                            "episodes_per_dataset": [len(r) for r in all_returns]},
+        "mean_return_range": [round(min(lows), 1), round(max(highs), 1)],
+        "episode_return_range": [round(float(rets.min()), 1), round(float(rets.max()), 1)],
+    }
+    save_behavior(policy, out, stats)
+    return stats
