@@ -12,6 +12,7 @@ observation of each episode becomes ``final_observations``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -343,9 +344,16 @@ def write_minari_dataset(
         built = stage / dataset_id
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
+            if not overwrite:  # another process wrote this id while we were building ours
+                raise FileExistsError(f"Minari dataset {dataset_id!r} appeared at {target} while writing it")
             # Move the old one aside (into the hidden stage, removed with it) before renaming the new one in.
             os.replace(target, stage / ".replaced")
-        os.replace(built, target)
+        try:
+            os.replace(built, target)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(f"Minari dataset {dataset_id!r} appeared at {target} while writing it") from None
+            raise
     return target
 
 

@@ -290,3 +290,28 @@ def test_writers_refuse_to_overwrite(tmp_path, make_data):
 def test_directory_that_is_not_minari(tmp_path):
     with pytest.raises(ValueError, match="not a Minari dataset"):
         load_dataset(tmp_path)
+
+
+def test_minari_write_racing_another_writer(make_data, monkeypatch):
+    """If another process writes the same id while ours is being built, ours raises FileExistsError and the
+    other dataset stays intact."""
+    import minari
+
+    real = minari.create_dataset_from_buffers
+    other = make_data(lengths=(2, 3), seed=5)
+    root = minari_root()  # captured now: while ours is built, $MINARI_DATASETS_PATH points at its staging folder
+
+    def racing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        monkeypatch.setattr(minari, "create_dataset_from_buffers", real)
+        # the competitor finishes first, into the real root
+        write_minari_dataset("test/x/race-v0", **other, env_id=None, metadata={"who": "other"},
+                             root=root)
+        return out
+
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", racing)
+    with pytest.raises(FileExistsError, match="appeared"):
+        write_minari_dataset("test/x/race-v0", **make_data(), env_id=None, metadata={"who": "us"})
+    ds = load_dataset("test/x/race-v0")
+    assert ds.metadata["who"] == "other" and ds.num_transitions == 5
+    assert not [p for p in minari_root().iterdir() if p.name.startswith(".")]
