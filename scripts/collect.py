@@ -56,6 +56,10 @@ def add_parser(sub) -> None:
                    help="transitions per recorded level (default 100000; D4RL used 1M)")
     p.add_argument("--ref-episodes", type=_steps, default=100,
                    help="episodes for measured reference scores on envs without D4RL constants (default 100)")
+    p.add_argument("--hidden", default=None,
+                   help="actor/critic hidden sizes, e.g. 64,64 (default: SB3's, SAC 256,256 / TD3 400,300)")
+    p.add_argument("--batch-size", type=_steps, default=256, help="minibatch per gradient step (default 256)")
+    p.add_argument("--learning-starts", type=int, default=100, help="random steps before learning (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed for training and recording (default 0)")
     p.add_argument("--num-envs", type=_steps, default=16, help="env copies stepped together when recording")
     p.add_argument("--run-dir", default=None,
@@ -99,11 +103,22 @@ def _run(args) -> int:
         raise UsageError("--level, --dataset-id and --deterministic go with --from-policy; use --levels otherwise")
     cfg = C.CollectConfig(env=args.env, algo=args.algo, steps=args.steps, checkpoint_every=args.checkpoint_every,
                           eval_episodes=args.eval_episodes, seed=args.seed, levels=args.levels,
+                          hidden=_hidden(args.hidden), batch_size=args.batch_size,
+                          learning_starts=args.learning_starts,
                           transitions=args.transitions, medium_fraction=args.medium_fraction,
                           ref_episodes=args.ref_episodes, num_envs=args.num_envs, run_dir=args.run_dir,
                           overwrite=args.overwrite)
     _print_table(C.collect(cfg, progress=progress, command=command))
     return 0
+
+
+def _hidden(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"--hidden must be comma-separated integers such as 64,64, got {text!r}") from None
 
 
 def _print_table(rows: dict) -> None:
