@@ -1,0 +1,69 @@
+"""``flowrl datasets list | info NAME``: the datasets this machine has, and a summary of one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("datasets", help="list local datasets or summarise one", description=__doc__)
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
+    dsub.required = True
+    lp = dsub.add_parser("list", help="local flowrl, Minari and D4RL-cache datasets with sizes and returns")
+    lp.add_argument("--fast", action="store_true", help="names only (do not open the files)")
+    lp.set_defaults(run=run_list)
+    ip = dsub.add_parser("info", help="episodes, returns, dimensions and reference scores of one dataset")
+    ip.add_argument("name", help="path, D4RL name, Minari id or flowrl name")
+    ip.set_defaults(run=run_info)
+
+
+def _size(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return "-"
+    total = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return f"{total / 2**20:.1f} MB"
+
+
+def run_list(args) -> int:
+    from flowrl.envs import load_dataset, local_candidates, minari_root
+    from flowrl.envs.io_d4rl import d4rl_cache_dir
+    from flowrl.envs.minari_io import resolve_minari_id
+    from flowrl.scripts.report import table
+
+    cands = local_candidates()
+    rows = []
+    names = [("flowrl", n) for n in cands["flowrl"]]
+    names += [("minari", n) for n in cands["minari"] if not n.startswith("flowrl/")]
+    names += [("d4rl", n) for n in cands["d4rl"]]
+    for kind, name in names:
+        path = resolve_minari_id(name) if kind == "minari" else None
+        if kind == "flowrl":
+            env, level = name.split("-", 1)
+            path = resolve_minari_id(f"flowrl/{env}/{level}-v0")
+        if args.fast:
+            rows.append([name, kind, "-", "-", "-", "-", _size(path)])
+            continue
+        try:
+            s = load_dataset(name).summary()
+            norm = s.get("normalized_return_mean")
+            rows.append([name, kind, s["transitions"], s["episodes"], s["return_mean"], norm, _size(path)])
+        except (ValueError, OSError) as e:
+            rows.append([name, kind, f"unreadable: {str(e)[:60]}", "-", "-", "-", _size(path)])
+    print(f"Minari root: {minari_root()}   D4RL cache: {d4rl_cache_dir()}")
+    if not rows:
+        print("no local datasets; `flowrl train` builds hopper-medium, `flowrl collect` makes more")
+        return 0
+    print(table(["name", "kind", "transitions", "episodes", "mean return", "normalized", "size"], rows))
+    return 0
+
+
+def run_info(args) -> int:
+    from flowrl.envs import load_dataset
+
+    ds = load_dataset(args.name)
+    width = max(len(k) for k in ds.summary())
+    for k, v in ds.summary().items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        print(f"{k.ljust(width)}  {v}")
+    return 0

@@ -1,0 +1,85 @@
+"""``flowrl evaluate CHECKPOINT``: roll out a trained agent in its environment and print its scores.
+
+CHECKPOINT is a run folder (its latest checkpoint is used), a checkpoint folder or a saved agent.
+Decision Transformers are evaluated once per target return (default: the env's published targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from flowrl.scripts.cli import UsageError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint with vectorized rollouts", description=__doc__)
+    p.add_argument("checkpoint", help="run folder, checkpoint folder or saved agent")
+    p.add_argument("--episodes", type=_positive, default=10, help="episodes per target return (default 10)")
+    p.add_argument("--num-envs", type=_positive, default=10, help="environments stepped together (default 10)")
+    p.add_argument(
+        "--target-return",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="R",
+        help="DT target return(s) (default: the env's published targets)",
+    )
+    p.add_argument("--env", default=None, help="environment (default: the one the agent was trained for)")
+    p.add_argument("--seed", type=int, default=10_000, help="episode i starts from reset(seed=SEED+i)")
+    p.add_argument("--max-episode-steps", type=_positive, default=None, help="cap episode length")
+    p.add_argument("--video", default=None, metavar="FILE", help="record episode 0 to FILE (.mp4 or .gif)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from flowrl.agents import load_agent, pick_device
+    from flowrl.envs import evaluate, get_spec
+    from flowrl.models.config import atomic_write_text
+    from flowrl.scripts.report import eval_table
+
+    if args.json is not None and not Path(args.json).parent.exists():
+        raise UsageError(f"--json: folder {Path(args.json).parent} does not exist")
+    agent = load_agent(args.checkpoint, device=pick_device(args.device))
+    env = args.env or agent.env_name
+    if env is None:
+        raise UsageError("the checkpoint names no environment; pass --env")
+    targets: list = [None]
+    if agent.algo == "dt":
+        targets = args.target_return or list(get_spec(env).target_returns or agent.dataset_targets())
+    elif args.target_return:
+        raise UsageError("--target-return applies to Decision Transformers, not to BC")
+    results = evaluate(
+        agent.make_policy(),
+        env,
+        episodes=args.episodes,
+        num_envs=args.num_envs,
+        seed=args.seed,
+        target_returns=targets,
+        video=args.video,
+        max_episode_steps=args.max_episode_steps,
+        progress=not args.quiet,
+        ref_scores=agent.reference_scores(),
+    )
+    rows = [r.to_dict() for r in results]
+    print(f"{args.checkpoint}: {agent.algo} on {rows[0]['env']}, {args.episodes} episodes per target")
+    print(eval_table(rows))
+    if any(r["video"] for r in rows):
+        print(f"video: {next(r['video'] for r in rows if r['video'])}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
+    return 0
