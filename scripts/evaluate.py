@@ -49,8 +49,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from flowrl.agents import load_agent, pick_device
     from flowrl.envs import evaluate, get_spec
-    from flowrl.models.config import atomic_write_text
     from flowrl.scripts.report import eval_table
+
+    from flowrl.models.config import atomic_write_text
 
     if args.json is not None and not Path(args.json).parent.exists():
         raise UsageError(f"--json: folder {Path(args.json).parent} does not exist")

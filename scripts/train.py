@@ -156,8 +156,9 @@ def run(args) -> int:
     from flowrl.agents import fit, make_agent
     from flowrl.agents.config import config_from_dict
     from flowrl.agents.trainer import TrainConfig, pick_device
-    from flowrl.models.config import atomic_write_text
     from flowrl.scripts.report import eval_table, table
+
+    from flowrl.models.config import atomic_write_text
 
     progress = not args.quiet
     if args.resume:

@@ -11,7 +11,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from flowrl.envs import write_npz
 from flowrl.scripts.cli import main
 
