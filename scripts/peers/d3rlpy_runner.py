@@ -85,7 +85,7 @@ def rollout_speed(args) -> dict:
     """Time ``evaluate_transformer_with_environment`` (one env, episodes one after another)."""
     import numpy as np
 
-    env = _make_env(args.env, args.full_length)
+    env = _make_env(args.env, args.full_length, args.max_episode_steps)
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     if args.model:
         dt = _load_model(args.model)
@@ -100,6 +100,7 @@ def rollout_speed(args) -> dict:
         "env": args.env,
         "model_source": source,
         "full_length": args.full_length,
+        "max_episode_steps": env.spec.max_episode_steps if env.spec else None,
         "target_return": args.target_return,
         "episodes": len(returns),
         "seconds": seconds,
@@ -227,18 +228,19 @@ def _evaluate(dt, env, target_return: float, episodes: int, seed: int) -> tuple[
     return returns, lengths, seconds
 
 
-def _make_env(env_id: str, full_length: bool):
+def _make_env(env_id: str, full_length: bool, max_episode_steps: int | None = None):
     """A gymnasium env wrapped to record episode returns; ``full_length`` turns off early termination."""
     import gymnasium
 
+    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
     env = None
     if full_length:
         try:  # MuJoCo locomotion tasks that end on "unhealthy" states take this keyword
-            env = gymnasium.make(env_id, terminate_when_unhealthy=False)
+            env = gymnasium.make(env_id, terminate_when_unhealthy=False, **kwargs)
         except TypeError:
             env = None
     if env is None:
-        env = gymnasium.make(env_id)
+        env = gymnasium.make(env_id, **kwargs)
     return gymnasium.wrappers.RecordEpisodeStatistics(env, buffer_length=10**6)
 
 
@@ -374,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--episodes", type=int, default=10)
     sp.add_argument("--target-return", type=float, default=3600.0)
     sp.add_argument("--model", default=None, help="a trained .d3 file (default: freshly initialised)")
+    sp.add_argument("--max-episode-steps", type=int, default=None, help="time limit (default: the env's own)")
     sp.add_argument(
         "--full-length",
         action=argparse.BooleanOptionalAction,

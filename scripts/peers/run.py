@@ -18,11 +18,13 @@ from typing import Any
 
 from flowrl.scripts.peers.d3rlpy_venv import ensure_d3rlpy_venv
 
-__all__ = ["RUNNER", "SUBCOMMANDS", "PeerRunError", "build_runner_command", "read_result", "run_d3rlpy"]
+__all__ = ["NEGATABLE", "RUNNER", "SUBCOMMANDS", "PeerRunError", "build_runner_command", "read_result", "run_d3rlpy"]
 
 RUNNER = Path(__file__).with_name("d3rlpy_runner.py")
 SUBCOMMANDS = ("train-speed", "rollout-speed", "scores")
 # Variables that would make the peer's python see flowrl's packages or another environment's.
+# Runner flags that default to on: False must be spelled ``--no-<flag>`` instead of being left out.
+NEGATABLE = frozenset({"full_length"})
 _ENV_DROP = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
 
 
@@ -35,7 +37,8 @@ def build_runner_command(
 ) -> list[str]:
     """The argv that runs ``subcommand`` of the runner; keyword ``target_return=3600`` → ``--target-return 3600``.
 
-    ``True`` becomes a bare flag, ``False`` and ``None`` are left out, lists and tuples become several values.
+    ``True`` becomes a bare flag, ``False`` and ``None`` are left out (``False`` becomes ``--no-<flag>`` for the
+    flags in :data:`NEGATABLE`, which default to on), lists and tuples become several values.
     """
     if subcommand not in SUBCOMMANDS:
         raise ValueError(f"unknown d3rlpy runner subcommand {subcommand!r}; choose from {', '.join(SUBCOMMANDS)}")
@@ -44,6 +47,9 @@ def build_runner_command(
         if key == "json":
             raise ValueError("pass the output path as json_path, not as a keyword")
         flag = "--" + key.replace("_", "-")
+        if value is False and key in NEGATABLE:
+            argv.append("--no-" + key.replace("_", "-"))
+            continue
         if value is None or value is False:
             continue
         if value is True:

@@ -108,6 +108,7 @@ def test_runner_command_maps_keywords_to_flags():
         "3600",
         "1800.5",
         "--compile",
+        "--no-full-length",
         "--json",
         "/o.json",
     ]

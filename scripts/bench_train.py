@@ -1,0 +1,287 @@
+"""``flowrl bench train``: training steps/s of flowrl's Decision Transformers against d3rlpy's, side by side.
+
+Every variant trains on the same dataset at the same model size (default K=20, dim 128, 3 layers, 1 head,
+batch 64, the original DT's Gym setting) with the same recipe (AdamW 1e-4, weight decay 1e-4, grad clip
+0.25, 10k warmup, dropout 0.1, ReLU), for the same number of steps:
+
+- ``flow``       flowrl's DT with causal Flow-Attention, float32
+- ``flow-bf16``  the same with bfloat16 autocast (weights stay float32)
+- ``softmax``    flowrl's DT with softmax attention (the original DT's attention)
+- ``d3rlpy``     d3rlpy 2.8.1's ``DecisionTransformer``, run through ``fit`` in its own virtual environment
+                 (created on first use; see ``flowrl.scripts.peers``) with the same torch thread count
+
+A step is one sampled batch plus one optimiser update. Repeats alternate between the variants (the order
+rotates every repeat) so that load from other processes falls on all of them alike; the table shows the
+median steps/s over repeats. Each timed block follows ``--warmup`` untimed steps (flowrl: once per
+variant; d3rlpy: once per repeat, since each repeat is a fresh process whose start-up and imports are not
+timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HELP = "training steps/s: flowrl flow-DT (fp32, bf16), softmax-DT and d3rlpy's DT, same data and model size"
+
+VARIANTS = ("flow", "flow-bf16", "softmax", "d3rlpy")
+LABELS = {
+    "flow": "flowrl flow-DT fp32",
+    "flow-bf16": "flowrl flow-DT bf16",
+    "softmax": "flowrl softmax-DT",
+    "d3rlpy": "d3rlpy DT 2.8.1",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        default="hopper-medium",
+        help="dataset path or name (a D4RL .hdf5 is given to d3rlpy as is; anything else is written "
+        "to a temporary D4RL file first); default %(default)s",
+    )
+    p.add_argument("--steps", type=_positive, default=100, help="timed update steps per variant and repeat")
+    p.add_argument("--warmup", type=_positive, default=10, help="untimed update steps before timing")
+    p.add_argument("--repeats", type=_positive, default=3, help="alternating repeats (median reported)")
+    p.add_argument(
+        "--variants",
+        type=_variant_list,
+        default=list(VARIANTS),
+        help=f"comma-separated subset of: {', '.join(VARIANTS)}",
+    )
+    add_model_arguments(p)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for every variant (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peer-timeout", type=float, default=1800.0, help="seconds allowed per d3rlpy run")
+    p.add_argument("--json", default=None, help="also write all measurements to this JSON file")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--context", type=_positive, default=20, help="context length K (timesteps)")
+    p.add_argument("--dim", type=_positive, default=128, help="embedding width")
+    p.add_argument("--layers", type=_positive, default=3, help="transformer blocks")
+    p.add_argument("--heads", type=_positive, default=1, help="attention heads")
+    p.add_argument("--batch", type=_positive, default=64, help="sequences per update")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from flowrl.envs import load_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    ds = load_dataset(args.dataset)
+    args.variants = require_peer(args.variants)
+    if not args.variants:
+        print("flowrl bench train: nothing left to run", file=sys.stderr)
+        return 1
+    print(
+        f"flowrl bench train: {describe_dataset(args.dataset, ds)}; {model_text(args)}; "
+        f"{args.steps} timed steps x {args.repeats} repeats after {args.warmup} warm-up steps",
+        file=sys.stderr,
+    )
+
+    trainers = {v: _make_trainer(v, ds, args) for v in args.variants if v != "d3rlpy"}
+    times: dict[str, list[float]] = {v: [] for v in args.variants}
+    losses: dict[str, float] = {}
+    peer_runs: list[dict] = []
+    for trainer in trainers.values():
+        _time_updates(trainer, args.warmup)
+    with d4rl_file(args.dataset, ds) as hdf5:
+        for r in range(args.repeats):
+            order = args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
+            for v in order:
+                if v == "d3rlpy":
+                    res = _d3rlpy_train(hdf5, args, threads)
+                    peer_runs.append(res)
+                    times[v].append(res["steps_per_s"])
+                    losses[v] = res["final_loss"]
+                else:
+                    seconds, loss = _time_updates(trainers[v], args.steps)
+                    times[v].append(args.steps / seconds)
+                    losses[v] = loss
+                print(f"  repeat {r + 1}/{args.repeats} {LABELS[v]}: {times[v][-1]:.2f} steps/s", file=sys.stderr)
+
+    rows = [
+        {
+            "variant": v,
+            "label": LABELS[v],
+            "steps_per_s": times[v],
+            "median": statistics.median(times[v]),
+            "final_loss": losses.get(v),
+        }
+        for v in args.variants
+    ]
+    print(f"\n{machine_text(threads)}")
+    print(
+        f"dataset {describe_dataset(args.dataset, ds)}; {model_text(args)}; {args.steps} steps x {args.repeats} "
+        f"repeats\n"
+    )
+    print(format_train_table(rows))
+    if args.json:
+        out = {
+            "bench": "train",
+            "dataset": str(args.dataset),
+            "model": model_dict(args),
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "threads": threads,
+            "machine": machine_text(threads),
+            "rows": rows,
+            "d3rlpy_runs": peer_runs,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def format_train_table(rows: list[dict]) -> str:
+    """Markdown table: median steps/s, each repeat, last loss and the ratio to d3rlpy (when it ran)."""
+    base = next((r["median"] for r in rows if r["variant"] == "d3rlpy"), None)
+    body = []
+    for r in rows:
+        ratio = f"{r['median'] / base:.2f}x" if base else "-"
+        loss = "-" if r.get("final_loss") is None else f"{r['final_loss']:.4f}"
+        reps = " ".join(f"{x:.2f}" for x in r["steps_per_s"])
+        body.append([r["label"], f"{r['median']:.2f}", reps, loss, ratio])
+    return table(["variant", "steps/s (median)", "per repeat", "last loss", "vs d3rlpy"], body)
+
+
+# ---------------------------------------------------------------------------------------------- flowrl side
+def _make_trainer(variant: str, ds, args):
+    from flowrl.agents import DecisionTransformerConfig, TrainConfig, Trainer, make_agent
+
+    cfg = DecisionTransformerConfig(
+        context=args.context,
+        dim=args.dim,
+        depth=args.layers,
+        heads=args.heads,
+        batch_size=args.batch,
+        attention="softmax" if variant == "softmax" else "flow",
+    )
+    agent = make_agent(cfg, ds.obs_dim, ds.act_dim, seed=args.seed)
+    agent.fit_normalization(ds)
+    tcfg = TrainConfig(steps=10**9, eval_episodes=0, device="cpu", bf16=variant == "flow-bf16", seed=args.seed)
+    return Trainer(agent, ds, tcfg, None, progress=False)
+
+
+def _time_updates(trainer, steps: int) -> tuple[float, float]:
+    """Seconds for ``steps`` sample+update steps (ending with the one host sync that reads the loss)."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss, _ = trainer.update(trainer.sampler.sample(trainer.batch_size))
+    last = float(loss)
+    return time.perf_counter() - t0, last
+
+
+# ---------------------------------------------------------------------------------------------- d3rlpy side
+def _d3rlpy_train(hdf5: Path, args, threads: int) -> dict:
+    from flowrl.scripts.peers import run_d3rlpy
+
+    return run_d3rlpy(
+        "train-speed",
+        dataset=hdf5,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=1,
+        threads=threads,
+        seed=args.seed,
+        timeout=args.peer_timeout,
+        **peer_model_kwargs(args),
+    )
+
+
+def peer_model_kwargs(args) -> dict[str, int]:
+    return {"context": args.context, "dim": args.dim, "layers": args.layers, "heads": args.heads, "batch": args.batch}
+
+
+def require_peer(variants: list[str]) -> list[str]:
+    """Make d3rlpy's environment now (before minutes of flowrl timing); without it, drop the d3rlpy row."""
+    if "d3rlpy" not in variants:
+        return variants
+    from flowrl.scripts.peers import PeerEnvError, ensure_d3rlpy_venv
+
+    try:
+        ensure_d3rlpy_venv()
+    except PeerEnvError as e:
+        first = str(e).splitlines()[0]
+        print(f"flowrl bench: warning: d3rlpy is unavailable, its row is left out: {first}", file=sys.stderr)
+        return [v for v in variants if v != "d3rlpy"]
+    return variants
+
+
+@contextmanager
+def d4rl_file(spec: str, ds):
+    """A D4RL-format HDF5 path holding ``ds``: ``spec`` itself when it is one, else a temporary copy."""
+    path = Path(os.fspath(spec)).expanduser()
+    if path.is_file() and path.suffix.lower() in (".hdf5", ".h5"):
+        yield path.absolute()
+        return
+    from flowrl.envs import write_d4rl_hdf5
+
+    with tempfile.TemporaryDirectory(prefix="flowrl-bench-") as tmp:
+        yield write_d4rl_hdf5(Path(tmp) / "dataset.hdf5", ds, compression=None)
+
+
+# ---------------------------------------------------------------------------------------------- shared text
+def describe_dataset(spec, ds) -> str:
+    return f"{Path(os.fspath(spec)).name} ({ds.num_transitions:,} transitions, {ds.num_episodes} episodes)"
+
+
+def model_dict(args) -> dict[str, int]:
+    return peer_model_kwargs(args)
+
+
+def model_text(args) -> str:
+    return f"K={args.context} dim={args.dim} layers={args.layers} heads={args.heads} batch={args.batch}"
+
+
+def machine_text(threads: int) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", load {os.getloadavg()[0]:.1f}"
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads, "
+        f"python {platform.python_version()}{load}"
+    )
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), sep, *map(line, cells[1:])])
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _variant_list(text: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in VARIANTS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {bad or text!r}; choose from {', '.join(VARIANTS)}")
+    return list(dict.fromkeys(items))
