@@ -127,6 +127,9 @@ class TimeSeriesClassifierConfig(JsonConfig):
     """"sinusoidal" (any length), "learned" (a table of max_len steps) or "none"."""
     max_len: int = 1024
     """Longest series for learned positions; ignored otherwise."""
+    embed_kernel: int = 3
+    """Odd width of the Conv1d over time that embeds each step with its neighbours (as the token embedding
+    of the Time-Series-Library that Flowformer's UEA runs use); 1 = each step on its own (a linear map)."""
     head_hidden: int = 0
     """Hidden width of an MLP head (Linear-GELU-Linear); 0 = a single linear layer."""
 
@@ -134,6 +137,10 @@ class TimeSeriesClassifierConfig(JsonConfig):
         owner = type(self).__name__
         self.trunk = _trunk_config(self.trunk, owner, causal=False)
         _check(self.in_channels >= 1, owner, "in_channels", f"must be >= 1, got {self.in_channels}")
+        _check(
+            self.embed_kernel >= 1 and self.embed_kernel % 2 == 1, owner, "embed_kernel",
+            f"must be an odd width >= 1, got {self.embed_kernel}",
+        )
         _check_common(self, owner)
 
 
@@ -215,7 +222,11 @@ def check_padding_mask(mask: Tensor, shape: tuple[int, int], owner: str, name: s
 
 def make_positions(kind: str, max_len: int, dim: int) -> nn.Module | None:
     if kind == "learned":
-        return LearnedPositionEmbedding(max_len, dim)
+        table = LearnedPositionEmbedding(max_len, dim)
+        # Unit scale, like the N(0, 1) token embeddings and the ±1 sinusoids: a 0.02 table (the layer's
+        # default, meant for inputs of that scale) leaves the position signal negligible for a long while.
+        nn.init.normal_(table.table.weight, std=1.0)
+        return table
     if kind == "sinusoidal":
         return SinusoidalPositionEmbedding(dim)
     return None
@@ -324,10 +335,11 @@ class SequenceClassifier(nn.Module):
 
 
 class TimeSeriesClassifier(nn.Module):
-    """Series ``[B, T, C]`` -> logits ``[B, num_classes]``; a linear map embeds each time step.
+    """Series ``[B, T, C]`` -> logits ``[B, num_classes]``; a Conv1d over time embeds the steps.
 
     Variable lengths: pass ``lengths`` ([B] ints, series left-aligned) or ``padding_mask`` ([B, T] bool,
-    True = pad). Padded steps are zeroed before the embedding, so NaN padding (as in UEA files) is fine.
+    True = pad). Padded steps are zeroed before the embedding, so NaN padding (as in UEA files) is fine,
+    and the convolution sees the same zeros past a series' end whether it is padded or not.
     """
 
     config_class = TimeSeriesClassifierConfig
@@ -336,7 +348,7 @@ class TimeSeriesClassifier(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.embed = nn.Linear(c.in_channels, c.trunk.dim)
+        self.embed = nn.Conv1d(c.in_channels, c.trunk.dim, c.embed_kernel, padding=c.embed_kernel // 2)
         self.encoder = _Encoder(c, c.max_len, "TimeSeriesClassifier")
         self.head = make_head(c.trunk.dim, c.head_hidden, c.num_classes)
 
@@ -364,7 +376,8 @@ class TimeSeriesClassifier(nn.Module):
         if padding_mask is not None:
             check_padding_mask(padding_mask, (B, T), owner)
             x = x.masked_fill(padding_mask[..., None], 0.0)
-        return self.head(self.encoder(self.embed(x), padding_mask))
+        tokens = self.embed(x.transpose(1, 2)).transpose(1, 2)  # (B, T, dim)
+        return self.head(self.encoder(tokens, padding_mask))
 
 
 class ImageClassifier(nn.Module):
