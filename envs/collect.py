@@ -599,10 +599,13 @@ DEFAULT_DATASETS = {"hopper-medium": ("hopper", "medium", "hopper_medium_sac")}
 
 
 def parse_levels(levels) -> tuple[str, ...]:
-    """``"random,medium"`` or a sequence -> validated tuple in canonical order; ``all`` means every level."""
+    """``"random,medium"`` or a sequence -> validated tuple in canonical order; ``all`` means every level,
+    ``none`` no level (train, and export a policy, only)."""
     items = [x.strip() for x in (levels.split(",") if isinstance(levels, str) else levels) if x.strip()]
     if items == ["all"]:
         return LEVELS
+    if items == ["none"] or (not items and not isinstance(levels, str)):
+        return ()
     bad = [x for x in items if x not in LEVELS]
     if bad or not items:
         raise ValueError(f"unknown level {', '.join(map(repr, bad)) or '(none)'}; choose from {', '.join(LEVELS)}")
@@ -614,7 +617,7 @@ class CollectConfig(TrainConfig):
     """``flowrl collect ENV``: train a behaviour policy, then record D4RL-style levels as Minari datasets."""
 
     levels: tuple[str, ...] = LEVELS
-    """Levels to write: random, medium, medium-replay, expert, medium-expert."""
+    """Levels to write: random, medium, medium-replay, expert, medium-expert (empty: train only)."""
     transitions: int = DEFAULT_TRANSITIONS
     """Transitions per recorded level (random, medium, expert); D4RL used 1M, 100k keeps a run in minutes."""
     medium_fraction: float = 1 / 3
@@ -656,11 +659,14 @@ def _reference_scores(spec, cfg: CollectConfig, expert_policy, progress: bool) -
 
 
 def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callable[[dict], None] | None = None,
-            command: str | None = None) -> dict[str, dict[str, Any]]:
+            command: str | None = None, export_behavior: str | os.PathLike | None = None,
+            export_seeds: tuple[int, ...] = (0, 1, 2),
+            export_transitions: int = DEFAULT_TRANSITIONS) -> dict[str, dict[str, Any]]:
     """Train (or resume) the behaviour policy and write the requested levels; returns ``{level: info}``.
 
     Every target id is checked before any work (existing ones refused unless ``overwrite``), and so is the
-    free disk space. Each dataset is written atomically.
+    free disk space. Each dataset is written atomically. With ``export_behavior`` the medium policy's actor is
+    also exported there as a compact policy (see :func:`export_behavior_policy`).
     """
     from flowrl.envs.behavior import from_sb3
     from flowrl.envs.minari_io import minari_root
@@ -679,7 +685,10 @@ def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callabl
     sizes = {"random": cfg.transitions, "medium": cfg.transitions, "expert": cfg.transitions,
              "medium-replay": cfg.steps, "medium-expert": 2 * cfg.transitions}
     check_free_space(root, sum(estimate_bytes(sizes[lv], obs_dim, act_dim) for lv in cfg.levels), "the datasets")
-    needs_policy = any(lv != "random" for lv in cfg.levels) or not spec.has_reference
+    needs_policy = any(lv != "random" for lv in cfg.levels) or not spec.has_reference or export_behavior is not None
+    if export_behavior is not None and Path(export_behavior).with_suffix(".pt").exists() and not cfg.overwrite:
+        raise FileExistsError(f"{Path(export_behavior).with_suffix('.pt')} already exists (pass --overwrite to "
+                              "replace it)")
     if needs_policy and not (run_dir / RUN_FILE).is_file():
         ckpt_bytes = 40 * (obs_dim + act_dim + 256) * 256 + (1 << 20)  # SB3 zip: actor, critics, optimizers
         check_free_space(run_dir, n_ckpt * ckpt_bytes + estimate_bytes(cfg.steps, 2 * obs_dim, act_dim),
@@ -694,6 +703,22 @@ def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callabl
         medium_ck = select_medium(ckpts, cfg.medium_fraction)
         for name, ck in (("medium", medium_ck), ("expert", final_ck)):
             policies[name] = from_sb3(_load_model(cfg.algo, run_dir / ck["model"]))
+        if export_behavior is not None:
+            info = {"algorithm": f"SB3 {cfg.algo.upper()}", "command": command or state.get("command"),
+                    "training_command": state.get("command"), "run_dir": str(run_dir), "seed": cfg.seed,
+                    "training_steps": final_ck["step"], "medium_fraction": cfg.medium_fraction,
+                    "policy_step": medium_ck["step"], "eval_return": medium_ck["eval_return_mean"],
+                    "eval_returns": medium_ck["eval_returns"], "final_eval_return": final_ck["eval_return_mean"],
+                    "eval_episodes": cfg.eval_episodes, "training_wall_s": state.get("train_wall_s"),
+                    "checkpoint_returns": {c["step"]: round(c["eval_return_mean"], 1) for c in ckpts}}
+            export_behavior_policy(run_dir / medium_ck["model"], export_behavior, cfg.env, info=info,
+                                   seeds=export_seeds, transitions=export_transitions, num_envs=cfg.num_envs,
+                                   progress=progress)
+            if progress:
+                print(f"exported the medium policy (step {medium_ck['step']}, eval return "
+                      f"{medium_ck['eval_return_mean']:.1f}) to {export_behavior}", file=sys.stderr)
+    if not cfg.levels:
+        return {}
     refs = _reference_scores(spec, cfg, policies.get("expert"), progress)
 
     common = {"env_name": spec.name, "gym_id": spec.gym_id, "seed": cfg.seed, "flowrl_version": _version(),

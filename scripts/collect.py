@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("env", help="environment: hopper, halfcheetah, walker2d, ant, or a gymnasium id (Hopper-v5)")
     p.add_argument("--levels", default="random,medium,medium-replay,expert,medium-expert",
-                   help="comma-separated levels to write, or 'all' (default: all five)")
+                   help="comma-separated levels to write, 'all' (default: all five) or 'none' (train only)")
     p.add_argument("--steps", type=_steps, default=300_000, help="behaviour-policy training steps (default 300000)")
     p.add_argument("--algo", choices=("sac", "td3"), default="sac", help="SB3 algorithm (default sac, as D4RL)")
     p.add_argument("--checkpoint-every", type=_steps, default=10_000,
@@ -70,7 +70,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset-id", default=None,
                    help="with --from-policy: Minari id to write (default flowrl/ENV/LEVEL-v0)")
     p.add_argument("--deterministic", action="store_true", help="with --from-policy: act with the mean action")
-    p.add_argument("--overwrite", action="store_true", help="replace datasets that already exist")
+    p.add_argument("--export-behavior", metavar="PATH", default=None,
+                   help="also export the medium policy's actor as a compact flowrl policy (PATH.pt + PATH.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace datasets (and an exported policy) that exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -108,7 +110,11 @@ def _run(args) -> int:
                           transitions=args.transitions, medium_fraction=args.medium_fraction,
                           ref_episodes=args.ref_episodes, num_envs=args.num_envs, run_dir=args.run_dir,
                           overwrite=args.overwrite)
-    _print_table(C.collect(cfg, progress=progress, command=command))
+    rows = C.collect(cfg, progress=progress, command=command, export_behavior=args.export_behavior)
+    if rows:
+        _print_table(rows)
+    if args.export_behavior:
+        print(f"behaviour policy: {args.export_behavior}")
     return 0
 
 

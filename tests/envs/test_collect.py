@@ -4,6 +4,7 @@ steps); the full default-dataset generation is marked slow."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -79,6 +80,24 @@ def test_interrupted_run_resumes_and_finishes(hopper_run):
     again = C.train_behavior(C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
                              hopper_run["run_dir"], progress=False, on_checkpoint=lambda e: pytest.fail("retrained"))
     assert again["checkpoints"] == state["checkpoints"]
+
+
+def test_export_medium_policy_from_run(hopper_run, tmp_path):
+    out = tmp_path / "pol.pt"
+    cfg = dataclasses.replace(hopper_run["cfg"], levels=())
+    assert C.collect(cfg, progress=False, export_behavior=out, export_seeds=(0, 1), export_transitions=300,
+                     command="test") == {}
+    meta = json.loads(out.with_suffix(".json").read_text())
+    medium = C.select_medium(C.load_run(hopper_run["run_dir"])["checkpoints"], 1 / 3)
+    assert meta["policy_step"] == medium["step"] and meta["eval_return"] == pytest.approx(medium["eval_return_mean"])
+    assert meta["training_steps"] == STEPS and meta["hidden"] == [32, 32] and meta["command"] == "test"
+    assert meta["default_dataset"]["seeds"] == [0, 1] and len(meta["mean_return_range"]) == 2
+    pol = load_behavior(out)
+    sb3 = C._load_model("sac", hopper_run["run_dir"] / medium["model"])
+    want, _ = sb3.predict(np.ones((2, 11)), deterministic=True)
+    np.testing.assert_allclose(pol.act(np.ones((2, 11)), deterministic=True), want, atol=1e-5)
+    with pytest.raises(FileExistsError):
+        C.collect(cfg, progress=False, export_behavior=out)
 
 
 def test_resume_refuses_other_settings(hopper_run):
@@ -348,6 +367,7 @@ def test_no_disk_space(capsys, existing, monkeypatch):
 def test_levels_parsing():
     assert C.parse_levels("all") == C.LEVELS
     assert C.parse_levels("expert, random") == ("random", "expert")
+    assert C.parse_levels("none") == () == C.parse_levels([])
     with pytest.raises(ValueError, match="unknown level"):
         C.parse_levels("")
 
