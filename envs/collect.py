@@ -215,12 +215,36 @@ def train_behavior(
     """
     from flowrl.envs.specs import get_spec
 
-    with one_torch_thread():
-        return _train(cfg, get_spec(cfg.env), Path(run_dir), progress, on_checkpoint, command)
+    spec = get_spec(cfg.env)
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    with _run_lock(run_dir), one_torch_thread():
+        return _train(cfg, spec, run_dir, progress, on_checkpoint, command)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """Exclusive use of a run directory: two trainers appending to one replay buffer would corrupt it."""
+    import fcntl
+
+    with open(run_dir / "lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ValueError(f"run directory {run_dir} is in use by another process "
+                             f"(pid {f.read().strip() or 'unknown'}); wait for it or use another --run-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _train(cfg: TrainConfig, spec, run_dir: Path, progress: bool, on_checkpoint, command) -> dict:
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     identity = {"env": spec.name, "gym_id": spec.gym_id, "algo": cfg.algo, "seed": cfg.seed,
                 "checkpoint_every": cfg.checkpoint_every, "eval_episodes": cfg.eval_episodes,
                 "hidden": None if cfg.hidden is None else list(cfg.hidden), "batch_size": cfg.batch_size,

@@ -100,6 +100,16 @@ def test_export_medium_policy_from_run(hopper_run, tmp_path):
         C.collect(cfg, progress=False, export_behavior=out)
 
 
+def test_run_directory_in_use_is_refused(hopper_run):
+    import fcntl
+
+    with open(hopper_run["run_dir"] / "lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="in use by another process"):
+            C.train_behavior(C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
+                             hopper_run["run_dir"], progress=False)
+
+
 def test_resume_refuses_other_settings(hopper_run):
     with pytest.raises(ValueError, match="different settings"):
         C.train_behavior(C.TrainConfig("hopper", algo="td3", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1,
