@@ -1,12 +1,21 @@
 """Build D4RL-style datasets with Stable-Baselines3 behaviour policies (the library behind ``flowrl collect``).
 
-Stage 1, :func:`train_behavior`: train SAC (or TD3) on one core, checkpoint every ``checkpoint_every``
-environment steps with a deterministic evaluated return, keep the replay buffer in time order, and resume from
-the last checkpoint after an interruption. A run directory holds::
+1. :func:`train_behavior`: train SAC (or TD3) on one torch thread, checkpoint every ``checkpoint_every``
+   environment steps with a deterministic evaluated return, keep the replay buffer in time order, and resume
+   from the last checkpoint after an interruption. A run directory holds::
 
-    run.json                 config + one entry per checkpoint (step, evaluated returns); written last = commit
-    checkpoints/step_0010000.zip   SB3 model at that step (``SAC.load``)
-    replay_buffer.npz        every transition so far, in time order (``buffer_pos`` in run.json is authoritative)
+       run.json                       config + one entry per checkpoint; written last, so it is the commit point
+       checkpoints/step_0010000.zip   the SB3 model at that step (``SAC.load``)
+       replay_buffer.npz              every transition so far, in time order (run.json's ``buffer_pos`` rules)
+       lock                           held by the process training in this directory
+
+2. :func:`collect`: pick medium (:func:`select_medium`), record the levels (:func:`record`, batched over a
+   gymnasium vector env; :func:`buffer_transitions` for medium-replay) and write each as a Minari dataset
+   ``flowrl/<env>/<level>-v0`` (:func:`write_level`, atomic). :func:`collect_from_policy` records one level
+   from an existing SB3 ``.zip`` or flowrl ``.pt``.
+
+3. :func:`ensure_default_dataset`: the built-in ``hopper-medium`` dataset, generated from the policy shipped in
+   ``policies/`` (exported with :func:`export_behavior_policy`) without SB3.
 """
 
 from __future__ import annotations
@@ -28,9 +37,22 @@ import numpy as np
 
 __all__ = [
     "ALGORITHMS",
+    "LEVELS",
+    "DEFAULT_TRANSITIONS",
     "TrainConfig",
+    "CollectConfig",
     "train_behavior",
     "load_run",
+    "load_buffer",
+    "record",
+    "measure_returns",
+    "buffer_transitions",
+    "select_medium",
+    "dataset_id",
+    "collect",
+    "collect_from_policy",
+    "ensure_default_dataset",
+    "export_behavior_policy",
 ]
 
 ALGORITHMS = ("sac", "td3")
