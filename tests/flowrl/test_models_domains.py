@@ -400,3 +400,58 @@ def test_other_bad_inputs():
         lm_model().generate(torch.tensor([[1]]), 3, temperature=-1.0)
     with pytest.raises(ValueError, match="top_k"):
         lm_model().generate(torch.tensor([[1]]), 3, top_k=0)
+
+
+# --- the demo scripts, on tiny budgets (the real runs are in the README) ---
+
+TINY = ["--steps", "2", "--dim", "16", "--depth", "1", "--heads", "2", "--attention", "both"]
+
+
+def _check_rows(rows, *keys):
+    assert [r["attention"] for r in rows] == ["flow", "softmax"]
+    for row in rows:
+        for key in keys:
+            assert row[key] == row[key] and row[key] >= 0  # a number, not NaN
+
+
+def test_demo_listops(capsys):
+    from flowrl.scripts import demo_listops
+
+    rows = demo_listops.main([*TINY, "--train-size", "64", "--test-size", "32", "--max-len", "40"])
+    _check_rows(rows, "test_acc", "train_s")
+    assert "| flow |" in capsys.readouterr().out
+
+
+def test_listops_generator_follows_the_grammar():
+    import random
+
+    from flowrl.scripts.demo_listops import sample_expression
+
+    rng = random.Random(0)
+    for _ in range(200):
+        tokens, value = sample_expression(rng, max_depth=3, max_args=4)
+        assert 0 <= value <= 9 and tokens[0].startswith("[") and tokens[-1] == "]"
+        assert sum(t.startswith("[") for t in tokens) == tokens.count("]")
+    assert sample_expression(random.Random(3), 1, 3)[0][0] in ("[MAX", "[MIN", "[MED", "[SM")
+
+
+def test_demo_timeseries_synthetic():
+    from flowrl.scripts import demo_timeseries
+
+    rows = demo_timeseries.main([*TINY, "--dataset", "synthetic", "--synthetic-size", "32"])
+    _check_rows(rows, "test_acc", "train_s")
+
+
+def test_demo_digits():
+    pytest.importorskip("sklearn")
+    from flowrl.scripts import demo_digits
+
+    _check_rows(demo_digits.main(TINY), "test_acc", "train_s")
+
+
+def test_demo_charlm():
+    from flowrl.scripts import demo_charlm
+
+    rows = demo_charlm.main([*TINY, "--context", "16", "--prompt-len", "24", "--new-tokens", "4"])
+    _check_rows(rows, "val_ppl", "state_ms", "recompute_ms")
+    assert all(len(r["sample"]) == 200 for r in rows)
