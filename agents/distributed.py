@@ -329,7 +329,11 @@ def _export(ds, share_dir) -> dict[str, Any]:
     fields = getattr(ds, "__dict__", None)
     if fields is None:
         return {"local": ds, "note": f"{type(ds).__name__} cannot be shared; every rank loads its own copy"}
-    big = {k: v for k, v in fields.items() if isinstance(v, np.ndarray) and v.nbytes >= _SHARE_MIN_BYTES}
+    big = {
+        k: v
+        for k, v in fields.items()
+        if isinstance(v, np.ndarray) and v.nbytes >= max(_SHARE_MIN_BYTES, 1) and not v.dtype.hasobject
+    }
     rest = {k: v for k, v in fields.items() if k not in big}
     if not big:  # small dataset: pickling it to the other ranks is cheaper than files
         return {"shared": {"cls": type(ds), "folder": None, "arrays": [], "rest": pickle.dumps(rest)}}

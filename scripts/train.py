@@ -52,6 +52,11 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--global-batch",
+        action="store_true",
+        help="under torchrun: --batch-size is the global batch, split over the processes (default: per process)",
+    )
     seen: set[str] = set()
     add_dataclass_arguments(
         p.add_argument_group("Decision Transformer (and shared agent) settings"), DecisionTransformerConfig, seen=seen
@@ -155,12 +160,15 @@ def run(args) -> int:
 
     from flowrl.agents import fit, make_agent
     from flowrl.agents.config import config_from_dict
+    from flowrl.agents.distributed import distributed_env, fit_distributed, is_main_process, load_dataset_shared
     from flowrl.agents.trainer import TrainConfig, pick_device
     from flowrl.scripts.report import eval_table, table
 
     from flowrl.models.config import atomic_write_text
 
     progress = not args.quiet
+    ddp = distributed_env() is not None  # started by torchrun: data-parallel; only rank 0 writes and prints
+    main = is_main_process()
     if args.resume:
         if args.out is None:
             raise UsageError("--resume needs --out RUN_FOLDER")
@@ -173,32 +181,46 @@ def run(args) -> int:
     else:
         algo, agent_cfg, train_cfg, dataset = build(args)
         out = Path(args.out) if args.out else _default_out(dataset, algo, getattr(agent_cfg, "attention", None))
-        _prepare_out(out, resume=False, overwrite=args.overwrite)
-        if args.overwrite:
+        if main:
+            _prepare_out(out, resume=False, overwrite=args.overwrite)
+        if args.overwrite and main:
             for child in out.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     t0 = time.perf_counter()
-    ds = _load(dataset, download=args.download, progress=progress)
+    if ddp:  # one copy per machine, shared by its processes
+        ds = load_dataset_shared(
+            lambda: _load(dataset, download=args.download, progress=progress), device=train_cfg.device
+        )
+    else:
+        ds = _load(dataset, download=args.download, progress=progress)
     load_s = time.perf_counter() - t0
     device = pick_device(train_cfg.device)
     agent = make_agent(agent_cfg, ds.obs_dim, ds.act_dim, seed=train_cfg.seed, env_name=ds.env_name).to(device)
     train_cfg.extra = {**train_cfg.extra, "dataset": dataset}
-    if not args.resume:
+    if not args.resume and main:
         record = {"algo": algo, "dataset": dataset, "agent": agent_cfg.to_dict(), "train": train_cfg.to_dict()}
         atomic_write_text(out / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
     n_params = sum(p.numel() for p in agent.model.parameters())
     s = ds.summary()
     what = f"{algo}" + (f" ({agent_cfg.attention} attention)" if algo == "dt" else "")
-    print(
-        f"flowrl train: {what}, {n_params / 1e6:.2f}M parameters, {train_cfg.steps} steps on {device}"
-        f"{' with bf16 autocast' if train_cfg.bf16 else ''}\n"
-        f"dataset {dataset}: {s['transitions']} transitions, {s['episodes']} episodes, "
-        f"return {s['return_mean']:.1f} ± {s['return_std']:.1f} (loaded in {load_s:.1f}s)\n"
-        f"run folder: {out}",
-        flush=True,
-    )
-    results = fit(agent, ds, train_cfg, out, resume=args.resume, progress=progress)
+    if main:
+        print(
+            f"flowrl train: {what}, {n_params / 1e6:.2f}M parameters, {train_cfg.steps} steps on {device}"
+            f"{' with bf16 autocast' if train_cfg.bf16 else ''}\n"
+            f"dataset {dataset}: {s['transitions']} transitions, {s['episodes']} episodes, "
+            f"return {s['return_mean']:.1f} ± {s['return_std']:.1f} (loaded in {load_s:.1f}s)\n"
+            f"run folder: {out}",
+            flush=True,
+        )
+    if ddp:
+        results = fit_distributed(
+            agent, ds, train_cfg, out, resume=args.resume, progress=progress, global_batch=args.global_batch
+        )
+    else:
+        results = fit(agent, ds, train_cfg, out, resume=args.resume, progress=progress)
+    if not main:
+        return 0
     tr = results["train"]
     print(
         table(

@@ -326,3 +326,35 @@ def test_fit_distributed_runs_checkpoints_resumes_and_loads_in_one_process(spawn
         progress=False,
     )
     assert more["train"]["steps"] == STEPS + 2 and more["train"]["steps_this_session"] == 2
+
+
+# ------------------------------------------------------------------------------------ the CLI under torchrun
+@pytest.mark.slow  # ~30 s on a loaded 2-core machine: torchrun plus two full interpreter starts, twice
+def test_torchrun_flowrl_train_end_to_end(tmp_path):
+    import subprocess
+    import sys
+
+    from flowrl.envs import write_npz
+
+    npz = write_npz(tmp_path / "toy.npz", toy_dataset(episodes=12))
+    run = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD)]
+    common = ["--quiet", "--device", "cpu", "--eval-episodes", "0", "--checkpoint-every", "2", "--out", str(run)]
+    tiny = ["--context", "5", "--dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "8", "--global-batch"]
+
+    def train(*args: str) -> subprocess.CompletedProcess:
+        cmd = [*torchrun, "-m", "flowrl.scripts", "train", *args, *common]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+
+    first = train("--dataset", str(npz), "--steps", "4", *tiny)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("final loss") == 1  # only rank 0 prints
+    results = json.loads((run / "results.json").read_text())
+    assert results["train"]["steps"] == 4
+    assert results["distributed"] == {"world_size": 2, "per_rank_batch": 4, "global_batch": 8, "backend": "gloo"}
+    second = train("--resume", "--steps", "6")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["train"]["steps_this_session"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000004", "step_00000006"]
+    agent = load_agent(run)
+    assert agent.act(np.zeros((3, 2), np.float32), np.ones(3)).shape == (1,)
