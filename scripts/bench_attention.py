@@ -9,7 +9,8 @@ measures, forward (inference, no autograd graph) and forward+backward (``y.backw
                        code's causal form (a cumsum over a [B, H, L, D, M] tensor)
 - ``sdpa causal``      ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``
 
-Time is the median over ``--repeats`` calls after warm-up calls. Peak memory is the resident-set high-water
+Time is the median over ``--repeats`` calls after warm-up calls (cases slower than ``--case-seconds`` in
+all get fewer repeats, at least 3; the JSON records how many). Peak memory is the resident-set high-water
 mark (Linux ``VmHWM``) above the resting RSS, measured in a fresh subprocess per case: the process builds
 its inputs, runs the case once to warm up (lazy kernel init, thread pools), resets the high-water mark
 through ``/proc/self/clear_refs``, reads its resting RSS, runs the case once more, and reports
@@ -63,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="input dtype")
     p.add_argument("--mem-budget-gb", type=float, default=8.0,
                    help="skip the materialised form where its estimated peak exceeds this")
+    p.add_argument("--case-seconds", type=float, default=60.0,
+                   help="time budget per timed case: slow cases get fewer repeats (never fewer than 3)")
+    p.add_argument("--omp-wait-policy", choices=("passive", "active", "inherit"), default="passive",
+                   help="OMP_WAIT_POLICY of the worker processes (default passive: on a machine shared with "
+                        "other jobs, spinning OpenMP workers measure the scheduler, not the op; 'inherit' "
+                        "leaves the environment alone)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes (faster)")
     p.add_argument("--json", metavar="PATH", help="also write every measurement to this JSON file")
 
@@ -71,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError("--repeats and --threads must be >= 1 and --warmup >= 0")
     machine = _machine(args.threads)
-    print(f"# flowrl bench attention: H={HEADS}, D=M={DIM_QK}, {args.dtype}, {args.threads} threads; {machine}",
-          flush=True)
+    load0 = os.getloadavg()
+    print(f"# flowrl bench attention: H={HEADS}, D=M={DIM_QK}, {args.dtype}, {args.threads} threads, "
+          f"OMP_WAIT_POLICY={args.omp_wait_policy}; {machine}; load average {_load(load0)}", flush=True)
     rows = []
     for L in args.lengths:
         B = SMALL_B if L == SMALL_L else 1
@@ -80,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             row = {"L": L, "B": B, "method": method}
             for mode in MODES:
                 case = {"L": L, "B": B, "method": method, "mode": mode, "dtype": args.dtype,
-                        "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup}
+                        "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
+                        "budget": args.case_seconds, "omp": args.omp_wait_policy}
                 if method == "materialised" and _materialised_estimate(case) > args.mem_budget_gb * 2**30:
                     row[mode] = {"skipped": "OOM-skip"}
                     continue
@@ -90,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
                 row[mode] = res
             rows.append(row)
             print(f"  L={L:>6} B={B:>3} {method:<16} " + "  ".join(_brief(row[m], m) for m in MODES), flush=True)
+    load1 = os.getloadavg()
+    print(f"\n# load average (1, 5, 15 min) at start {_load(load0)}, at end {_load(load1)}")
     print()
     print(format_table(rows))
     print()
@@ -99,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "dtype": args.dtype, "threads": args.threads, "heads": HEADS,
+                       "omp_wait_policy": args.omp_wait_policy, "loadavg_start": load0, "loadavg_end": load1,
                        "dim_qk": DIM_QK, "dim_v": DIM_V, "repeats": args.repeats, "rows": rows,
                        "targets": verdicts}, f, indent=2)
     return 0
@@ -177,6 +189,10 @@ def _brief(res: dict, mode: str) -> str:
     return f"{mode}: {res['ms']:.2f} ms{mem}"
 
 
+def _load(x) -> str:
+    return "/".join(f"{v:.1f}" for v in x)
+
+
 def _int_list(s: str) -> list[int]:
     try:
         out = [int(x) for x in s.split(",") if x.strip()]
@@ -219,6 +235,8 @@ def _machine(threads: int) -> str:
 
 def _spawn(case: dict) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(case["threads"]), MKL_NUM_THREADS=str(case["threads"]))
+    if case["omp"] != "inherit":
+        env["OMP_WAIT_POLICY"] = case["omp"].upper()
     if case["measure"] == "memory":
         # Freed blocks >= 64 KiB go straight back to the OS, so the resting RSS holds no stale free lists.
         env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
@@ -284,8 +302,11 @@ def _worker(case: dict) -> dict:
 
     torch.set_num_threads(case["threads"])
     step = _make_case(case)
-    for _ in range(case["warmup"]):
+    t_call = 0.0
+    for _ in range(max(case["warmup"], 1)):
+        t0 = time.perf_counter()
         step()
+        t_call = time.perf_counter() - t0
     if case["measure"] == "memory":
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:
@@ -294,7 +315,10 @@ def _worker(case: dict) -> dict:
         step()
         return {"peak_mib": (_proc_status()["VmHWM"] - rest) / 2**20}
     times = []
-    for _ in range(case["repeats"]):
+    repeats = case["repeats"]
+    if t_call * repeats > case["budget"]:  # a slow case: fewer repeats, never fewer than 3
+        repeats = max(3, min(repeats, int(case["budget"] / max(t_call, 1e-9))))
+    for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
