@@ -10,6 +10,8 @@ Reported per attention: validation perplexity per character (and bits per charac
 context length, training time, and the cost of ``generate()`` per new token after a long prompt, with
 the recurrent state (flow: constant-size state; softmax: KV cache) and by recomputing the whole prefix
 at every step. Greedy decoding gives the same tokens both ways; the table says whether it did.
+``--decode-lengths 256 1024 4096 16384`` times decoding alone at several prompt lengths instead: constant
+per token for flow (its state has a fixed size), growing with the prompt for softmax (the KV cache).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def time_generation(model: CausalLM, prompt: torch.Tensor, new: int, use_state: 
     return out, 1000 * (time.perf_counter() - start) / max(new, 1)
 
 
-def train_and_evaluate(attention: str, train: torch.Tensor, val: torch.Tensor, args) -> dict:
+def make_model(attention: str, args) -> CausalLM:
     torch.manual_seed(args.seed)
     config = CausalLMConfig(
         vocab_size=len(ALPHABET),
@@ -100,7 +102,33 @@ def train_and_evaluate(attention: str, train: torch.Tensor, val: torch.Tensor, a
             dim=args.dim, depth=args.depth, heads=args.heads, attention=attention, causal=True, dropout=0.1
         ),
     )
-    model = CausalLM(config)
+    return CausalLM(config)
+
+
+def decode_cost(attention: str, args) -> list[dict]:
+    """Prefill time and per-token decoding time with the state, at each of ``args.decode_lengths``.
+
+    Untrained weights and random prompts: the cost does not depend on either.
+    """
+    model = make_model(attention, args).eval()
+    rows = []
+    with torch.no_grad():
+        for length in args.decode_lengths:
+            prompt = torch.randint(0, len(ALPHABET), (1, length))
+            start = time.perf_counter()
+            _, state = model(prompt, return_state=True)
+            prefill = time.perf_counter() - start
+            token = prompt[:, -1:]
+            start = time.perf_counter()
+            for _ in range(args.new_tokens):
+                _, state = model(token, state=state, return_state=True)
+            per_token = 1000 * (time.perf_counter() - start) / max(args.new_tokens, 1)
+            rows.append({"attention": attention, "context": length, "prefill_s": prefill, "decode_ms": per_token})
+    return rows
+
+
+def train_and_evaluate(attention: str, train: torch.Tensor, val: torch.Tensor, args) -> dict:
+    model = make_model(attention, args)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(args.steps, 1), pct_start=0.1)
     gen = torch.Generator().manual_seed(args.seed)
@@ -157,9 +185,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=1024, help="generation timing: prompt length")
     p.add_argument("--new-tokens", type=int, default=128, help="generation timing: tokens generated")
+    p.add_argument(
+        "--decode-lengths", type=int, nargs="+", metavar="L",
+        help="instead of training: time prefill and per-token decoding (--new-tokens steps) after prompts of "
+        "these lengths, untrained weights (e.g. 256 1024 4096 16384)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.decode_lengths and min(args.decode_lengths) < 1:
+        p.error("--decode-lengths must be >= 1")
     if args.steps < 0 or args.context < 1 or args.prompt_len < 1 or args.new_tokens < 0:
         p.error("--steps and --new-tokens must be >= 0, --context and --prompt-len >= 1")
     return args
@@ -169,6 +204,15 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    attentions = ("flow", "softmax") if args.attention == "both" else (args.attention,)
+    if args.decode_lengths:
+        rows = [row for a in attentions for row in decode_cost(a, args)]
+        print_table(
+            rows,
+            [("attention", "attention", "s"), ("context", "prompt length", "d"), ("prefill_s", "prefill [s]", ".2f"),
+             ("decode_ms", f"decode with state [ms/token, {args.new_tokens} tokens]", ".1f")],
+        )
+        return rows
     data = encode(docstring_corpus())
     split = int(0.9 * len(data))
     train, val = data[:split], data[split:]
@@ -178,7 +222,6 @@ def main(argv=None) -> list[dict]:
         f"char LM on {len(MODULES)} stdlib modules' docstrings: {len(train):,} train / {len(val):,} validation "
         f"characters, {len(ALPHABET)} symbols; context {args.context}"
     )
-    attentions = ("flow", "softmax") if args.attention == "both" else (args.attention,)
     rows = [train_and_evaluate(a, train, val, args) for a in attentions]
     print_table(
         rows,

@@ -455,3 +455,5 @@ def test_demo_charlm():
     rows = demo_charlm.main([*TINY, "--context", "16", "--prompt-len", "24", "--new-tokens", "4"])
     _check_rows(rows, "val_ppl", "state_ms", "recompute_ms")
     assert all(len(r["sample"]) == 200 for r in rows)
+    rows = demo_charlm.main([*TINY, "--decode-lengths", "8", "40", "--new-tokens", "3"])
+    assert [(r["attention"], r["context"]) for r in rows] == [(a, n) for a in ("flow", "softmax") for n in (8, 40)]
