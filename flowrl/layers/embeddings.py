@@ -11,15 +11,18 @@ __all__ = ["LearnedPositionEmbedding", "SinusoidalPositionEmbedding"]
 
 
 class LearnedPositionEmbedding(nn.Module):
-    """A learned table of ``max_len`` positions: positions [*] (int) -> [*, dim]."""
+    """A learned table of ``max_len`` positions: positions [*] (int) -> [*, dim].
 
-    def __init__(self, max_len: int, dim: int):
+    ``init_std``: 0.02 suits token embeddings of the same scale (GPT-2); use ~1 next to N(0, 1) embeddings.
+    """
+
+    def __init__(self, max_len: int, dim: int, *, init_std: float = 0.02):
         super().__init__()
         if max_len < 1:
             raise ValueError(f"LearnedPositionEmbedding: max_len must be >= 1, got {max_len}")
         self.max_len = max_len
         self.table = nn.Embedding(max_len, dim)
-        nn.init.normal_(self.table.weight, std=0.02)
+        nn.init.normal_(self.table.weight, std=init_std)
 
     def forward(self, positions: Tensor) -> Tensor:
         if positions.numel() and (int(positions.max()) >= self.max_len or int(positions.min()) < 0):

@@ -222,11 +222,9 @@ def check_padding_mask(mask: Tensor, shape: tuple[int, int], owner: str, name: s
 
 def make_positions(kind: str, max_len: int, dim: int) -> nn.Module | None:
     if kind == "learned":
-        table = LearnedPositionEmbedding(max_len, dim)
         # Unit scale, like the N(0, 1) token embeddings and the ±1 sinusoids: a 0.02 table (the layer's
         # default, meant for inputs of that scale) leaves the position signal negligible for a long while.
-        nn.init.normal_(table.table.weight, std=1.0)
-        return table
+        return LearnedPositionEmbedding(max_len, dim, init_std=1.0)
     if kind == "sinusoidal":
         return SinusoidalPositionEmbedding(dim)
     return None

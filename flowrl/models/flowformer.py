@@ -51,6 +51,8 @@ class Flowformer(nn.Module):
         """x [B, L, dim]; padding_mask [B, L] bool (True = pad, non-causal only)."""
         if x.dim() != 3 or x.shape[-1] != self.config.dim:
             raise ValueError(f"Flowformer: x has shape {tuple(x.shape)}, expected [B, L, {self.config.dim}]")
+        if padding_mask is not None and (return_state or self.config.causal):
+            raise ValueError("Flowformer: padding_mask is for non-causal trunks; pad causal inputs on the right")
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"Flowformer: state has {len(state)} layers, expected {len(self.blocks)}")
         new_states = []
