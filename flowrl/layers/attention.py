@@ -48,6 +48,14 @@ class _MultiHead(nn.Module):
         B, H, L, Dh = y.shape
         return self.dropout(self.out_projection(y.transpose(1, 2).reshape(B, L, H * Dh)))
 
+    def _project(self, x: Tensor, context: Tensor | None, padding_mask, context_padding_mask, state):
+        """Validate, then q from x and k, v from the context (x itself for self-attention), all (B, H, ·, dim/H).
+
+        Returns (q, k, v, key padding mask).
+        """
+        q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
+        return q, k, v, kpm
+
     def _check(self, x: Tensor, context: Tensor | None, padding_mask: Tensor | None, state) -> None:
         name = type(self).__name__
         if x.dim() != 3 or x.shape[-1] != self.dim:
@@ -101,12 +109,7 @@ class FlowAttention(_MultiHead):
         return_state: bool = False,
     ):
         """x [B, L, dim]; context [B, S, dim] for cross-attention (default: x). Masks are bool, True = pad."""
-        self._check(x, context, padding_mask, state)
-        src = x if context is None else context
-        kpm = padding_mask if context is None else context_padding_mask
-        q = self._split(x, self.query_projection)
-        k = self._split(src, self.key_projection)
-        v = self._split(src, self.value_projection)
+        q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
         if self.causal:
             out = flow_attention(
                 q,
@@ -145,12 +148,7 @@ class SoftmaxAttention(_MultiHead):
         state: KVCache | None = None,
         return_state: bool = False,
     ):
-        self._check(x, context, padding_mask, state)
-        src = x if context is None else context
-        kpm = padding_mask if context is None else context_padding_mask
-        q = self._split(x, self.query_projection)
-        k = self._split(src, self.key_projection)
-        v = self._split(src, self.value_projection)
+        q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
         new_state = None
         if self.causal:
             if state is not None:
