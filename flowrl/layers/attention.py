@@ -53,7 +53,12 @@ class _MultiHead(nn.Module):
 
         Returns (q, k, v, key padding mask).
         """
-        q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
+        self._check(x, context, padding_mask, state)
+        src = x if context is None else context
+        kpm = padding_mask if context is None else context_padding_mask
+        q = self._split(x, self.query_projection)
+        k = self._split(src, self.key_projection)
+        v = self._split(src, self.value_projection)
         return q, k, v, kpm
 
     def _check(self, x: Tensor, context: Tensor | None, padding_mask: Tensor | None, state) -> None:
