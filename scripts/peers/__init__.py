@@ -8,15 +8,26 @@ first use) and talks to flowrl through a standalone runner script that writes JS
 - :mod:`flowrl.scripts.peers.run` runs it from flowrl and returns the parsed JSON.
 """
 
-from flowrl.scripts.peers.d3rlpy_venv import PeerEnvError, d3rlpy_venv_dir, ensure_d3rlpy_venv
-from flowrl.scripts.peers.run import PeerRunError, build_runner_command, read_result, run_d3rlpy
+from __future__ import annotations
 
-__all__ = [
-    "PeerEnvError",
-    "PeerRunError",
-    "build_runner_command",
-    "d3rlpy_venv_dir",
-    "ensure_d3rlpy_venv",
-    "read_result",
-    "run_d3rlpy",
-]
+import importlib
+
+# Exports load on first use, so that ``python -m flowrl.scripts.peers.d3rlpy_venv`` runs its module only once.
+_EXPORTS = {
+    "PeerEnvError": "d3rlpy_venv",
+    "d3rlpy_venv_dir": "d3rlpy_venv",
+    "ensure_d3rlpy_venv": "d3rlpy_venv",
+    "PeerRunError": "run",
+    "build_runner_command": "run",
+    "read_result": "run",
+    "run_d3rlpy": "run",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
