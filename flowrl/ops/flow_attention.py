@@ -561,6 +561,9 @@ def _causal_dispatch(q, k, v, eps, clamp, state, return_state, chunk, work):
     state_grad = state is not None and any(x.requires_grad for x in state)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or state_grad)
     if not needs_grad:
+        if state is not None and q.shape[2] == 1:  # recurrent decoding: one token, few small ops
+            y, new_state = _recurrent_step(q, k, v, eps, clamp, state, work)
+            return y, (new_state if return_state else None)
         y, new_state, _ = _fast_causal_forward(q, k, v, eps, clamp, state, chunk, work, return_state, False)
         return y, new_state
     if not (return_state or state_grad):
@@ -665,3 +668,30 @@ class _FastNonCausal(torch.autograd.Function):
         with _no_autocast(gy.device.type):
             gQ, gK, gV = _fast_noncausal_backward(gy, ctx.saved, eps, clamp)
         return gQ.to(dtypes[0]), gK.to(dtypes[1]), gV.to(dtypes[2]), None, None, None, None
+
+
+def _recurrent_step(Q, K, V, eps, clamp, state: FlowState, work):
+    """One token of causal flow attention from a carried state (the maths of steps 1-4 at L = 1)."""
+    B = Q.shape[0]
+    q, k = torch.sigmoid(Q.to(work)), torch.sigmoid(K.to(work))  # (B, H, 1, D)
+    v = V.to(work)
+    t = (state.t + 1).to(work).view(B, 1, 1)
+    k_sum = state.k_sum.to(work).unsqueeze(2) + k
+    q_sum = state.q_sum.to(work).unsqueeze(2) + q
+    qe, ke = q + eps, k + eps
+    dI = torch.linalg.vecdot(qe, k_sum + eps)  # (B, H, 1)
+    dO = torch.linalg.vecdot(ke, q_sum + eps)
+    I, O = t / dI, t / dO
+    sink_sum = torch.addcmul(state.sink_sum.to(work).unsqueeze(2), O.unsqueeze(-1), k)
+    source_sum = torch.addcmul(state.source_sum.to(work).unsqueeze(2), I.unsqueeze(-1), q)
+    sink = torch.linalg.vecdot(qe, sink_sum + eps) / t
+    source = (torch.linalg.vecdot(ke, source_sum + eps) / t).clamp_(-clamp, clamp)
+    e = torch.exp(source)
+    z = state.z.to(work).unsqueeze(-1) + e
+    comp = t * e / z
+    kv = torch.matmul(k.transpose(-1, -2), v * comp.unsqueeze(-1)).add_(state.kv.to(work))  # (B, H, D, M)
+    y = (q @ kv).mul_((torch.sigmoid(sink) / dI).unsqueeze(-1))
+    new_state = FlowState(
+        state.t + 1, k_sum.squeeze(2), q_sum.squeeze(2), sink_sum.squeeze(2), source_sum.squeeze(2), z.squeeze(-1), kv
+    )
+    return y, new_state
