@@ -25,8 +25,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from flowrl.scripts.demo_common import demo_parser, num_params, print_table, setup, train_model, trunk_config
 
-from flowrl.models import CausalLM, CausalLMConfig, FlowformerConfig
+from flowrl.models import CausalLM, CausalLMConfig
 
 MODULES = (
     "argparse", "collections", "json", "textwrap", "string", "difflib", "functools", "pathlib", "subprocess",
@@ -98,9 +99,7 @@ def make_model(attention: str, args) -> CausalLM:
     config = CausalLMConfig(
         vocab_size=len(ALPHABET),
         positions="sinusoidal",
-        trunk=FlowformerConfig(
-            dim=args.dim, depth=args.depth, heads=args.heads, attention=attention, causal=True, dropout=0.1
-        ),
+        trunk=trunk_config(attention, args, causal=True),
     )
     return CausalLM(config)
 
@@ -129,23 +128,16 @@ def decode_cost(attention: str, args) -> list[dict]:
 
 def train_and_evaluate(attention: str, train: torch.Tensor, val: torch.Tensor, args) -> dict:
     model = make_model(attention, args)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(args.steps, 1), pct_start=0.1)
-    gen = torch.Generator().manual_seed(args.seed)
     offsets = torch.arange(args.context + 1)
-    start = time.perf_counter()
-    model.train()
-    for _ in range(args.steps):
+
+    def loss(gen: torch.Generator) -> torch.Tensor:
         starts = torch.randint(0, len(train) - args.context - 1, (args.batch_size, 1), generator=gen)
         chunk = train[starts + offsets]  # (B, context + 1)
         logits = model(chunk[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    train_s = time.perf_counter() - start
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1))
+
+    gen = torch.Generator().manual_seed(args.seed)  # drawn from again below, for the sample
+    train_s = train_model(model, loss, args, clip_norm=1.0, generator=gen)
     val_loss = evaluate(model, val, args.context)
 
     prompt = val[: args.prompt_len][None]
@@ -154,7 +146,7 @@ def train_and_evaluate(attention: str, train: torch.Tensor, val: torch.Tensor, a
     sample = model.generate(val[: args.context][None], 200, temperature=0.8, top_k=10, generator=gen)
     return {
         "attention": attention,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": num_params(model),
         "train_s": train_s,
         "val_ppl": math.exp(val_loss),
         "val_bpc": val_loss / math.log(2),
@@ -165,24 +157,9 @@ def train_and_evaluate(attention: str, train: torch.Tensor, val: torch.Tensor, a
     }
 
 
-def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
-    """Markdown table; columns are (key, header, format)."""
-    print("| " + " | ".join(h for _, h, _ in columns) + " |")
-    print("|" + "|".join("---" for _ in columns) + "|")
-    for row in rows:
-        print("| " + " | ".join(format(row[k], f) for k, _, f in columns) + " |")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m flowrl.scripts.demo_charlm", description=__doc__.split("\n")[0])
-    p.add_argument("--attention", choices=("flow", "softmax", "both"), default="both")
-    p.add_argument("--steps", type=int, default=500, help="training steps per model")
-    p.add_argument("--batch-size", type=int, default=32)
+    p = demo_parser("demo_charlm", __doc__, steps=500, batch_size=32, lr=3e-3, dim=128)
     p.add_argument("--context", type=int, default=128, help="training context length in characters")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=1024, help="generation timing: prompt length")
     p.add_argument("--new-tokens", type=int, default=128, help="generation timing: tokens generated")
     p.add_argument(
@@ -190,8 +167,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="instead of training: time prefill and per-token decoding (--new-tokens steps) after prompts of "
         "these lengths, untrained weights (e.g. 256 1024 4096 16384)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.decode_lengths and min(args.decode_lengths) < 1:
         p.error("--decode-lengths must be >= 1")
@@ -202,9 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    attentions = ("flow", "softmax") if args.attention == "both" else (args.attention,)
+    attentions = setup(args)
     if args.decode_lengths:
         rows = [row for a in attentions for row in decode_cost(a, args)]
         print_table(

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
 
 import torch
-import torch.nn.functional as F
+from flowrl.scripts.demo_common import (
+    classifier_columns,
+    demo_parser,
+    print_table,
+    setup,
+    train_classifier,
+    trunk_config,
+)
 
-from flowrl.models import FlowformerConfig, SequenceClassifier, SequenceClassifierConfig
+from flowrl.models import SequenceClassifier, SequenceClassifierConfig
 
 OPS = ("[MAX", "[MIN", "[MED", "[SM")
 VOCAB = ("<pad>", *(str(d) for d in range(10)), *OPS, "]")
@@ -84,58 +90,22 @@ def train_and_evaluate(attention: str, data, args) -> dict:
         pooling="mean",
         positions="learned",
         max_len=args.max_len,
-        trunk=FlowformerConfig(dim=args.dim, depth=args.depth, heads=args.heads, attention=attention, dropout=0.1),
+        trunk=trunk_config(attention, args),
     )
     model = SequenceClassifier(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(args.steps, 1), pct_start=0.1)
-    gen = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    model.train()
-    for _ in range(args.steps):
-        idx = torch.randint(0, len(x_tr), (args.batch_size,), generator=gen)
-        loss = F.cross_entropy(model(trim(x_tr[idx])), y_tr[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    train_s = time.perf_counter() - start
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(trim(x_te[i : i + 256])).argmax(-1) for i in range(0, len(x_te), 256)])
-    return {
-        "attention": attention,
-        "params": sum(p.numel() for p in model.parameters()),
-        "train_s": train_s,
-        "test_acc": (pred == y_te).float().mean().item(),
-    }
-
-
-def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
-    """Markdown table; columns are (key, header, format)."""
-    print("| " + " | ".join(h for _, h, _ in columns) + " |")
-    print("|" + "|".join("---" for _ in columns) + "|")
-    for row in rows:
-        print("| " + " | ".join(format(row[k], f) for k, _, f in columns) + " |")
+    batch = lambda idx: ({"ids": trim(x_tr[idx])}, y_tr[idx])  # noqa: E731
+    test = ({"ids": trim(x_te[i : i + 256])} for i in range(0, len(x_te), 256))
+    result = train_classifier(model, batch, len(x_tr), test, y_te, args, clip_norm=1.0)
+    return {"attention": attention, **result}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m flowrl.scripts.demo_listops", description=__doc__.split("\n")[0])
-    p.add_argument("--attention", choices=("flow", "softmax", "both"), default="both")
-    p.add_argument("--steps", type=int, default=1500, help="training steps per model")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
+    p = demo_parser("demo_listops", __doc__, steps=1500, batch_size=64, lr=2e-3)
     p.add_argument("--max-depth", type=int, default=3, help="deepest operator nesting of the expressions")
     p.add_argument("--max-args", type=int, default=5, help="most arguments of one operator")
     p.add_argument("--max-len", type=int, default=80, help="longest expression in tokens")
     p.add_argument("--train-size", type=int, default=20000)
     p.add_argument("--test-size", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.steps < 0 or args.train_size < 1 or args.test_size < 1:
         p.error("--steps must be >= 0 and --train-size/--test-size >= 1")
@@ -144,8 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    attentions = setup(args)
     shape = {"max_depth": args.max_depth, "max_args": args.max_args, "max_len": args.max_len}
     train = make_dataset(args.train_size, seed=args.seed, **shape)
     test = make_dataset(args.test_size, seed=args.seed + 1, **shape)
@@ -156,13 +125,8 @@ def main(argv=None) -> list[dict]:
         f"<= {args.max_args} args, {lengths.mean():.0f} tokens on average (max {args.max_len}); "
         f"majority-class accuracy {majority:.3f}"
     )
-    attentions = ("flow", "softmax") if args.attention == "both" else (args.attention,)
     rows = [train_and_evaluate(a, (train, test), args) for a in attentions]
-    print_table(
-        rows,
-        [("attention", "attention", "s"), ("params", "params", ","), ("test_acc", "test accuracy", ".3f"),
-         ("train_s", f"train time ({args.steps} steps) [s]", ".1f")],
-    )
+    print_table(rows, classifier_columns(args.steps))
     return rows
 
 

@@ -20,13 +20,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from flowrl.scripts.demo_common import (
+    classifier_columns,
+    demo_parser,
+    print_table,
+    setup,
+    train_classifier,
+    trunk_config,
+)
 
-from flowrl.models import FlowformerConfig, TimeSeriesClassifier, TimeSeriesClassifierConfig
+from flowrl.models import TimeSeriesClassifier, TimeSeriesClassifierConfig
 
 
 def _pad(series: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,55 +105,22 @@ def train_and_evaluate(attention: str, data, num_classes: int, args) -> dict:
         num_classes=num_classes,
         pooling="mean",
         positions="sinusoidal",
-        trunk=FlowformerConfig(dim=args.dim, depth=args.depth, heads=args.heads, attention=attention, dropout=0.1),
+        trunk=trunk_config(attention, args),
     )
-    model = TimeSeriesClassifier(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(args.steps, 1), pct_start=0.1)
-    gen = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    model.train()
-    for _ in range(args.steps):
-        idx = torch.randint(0, len(y_tr), (args.batch_size,), generator=gen)
+
+    def batch(idx: torch.Tensor):
         T = int(len_tr[idx].max())  # trim the padding that no row of this batch needs
-        loss = F.cross_entropy(model(x_tr[idx, :T], lengths=len_tr[idx]), y_tr[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    train_s = time.perf_counter() - start
-    model.eval()
-    with torch.no_grad():
-        pred = model(x_te, lengths=len_te).argmax(-1)
-    return {
-        "attention": attention,
-        "params": sum(p.numel() for p in model.parameters()),
-        "train_s": train_s,
-        "test_acc": (pred == y_te).float().mean().item(),
-    }
+        return {"x": x_tr[idx, :T], "lengths": len_tr[idx]}, y_tr[idx]
 
-
-def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
-    """Markdown table; columns are (key, header, format)."""
-    print("| " + " | ".join(h for _, h, _ in columns) + " |")
-    print("|" + "|".join("---" for _ in columns) + "|")
-    for row in rows:
-        print("| " + " | ".join(format(row[k], f) for k, _, f in columns) + " |")
+    test = [{"x": x_te, "lengths": len_te}]
+    result = train_classifier(TimeSeriesClassifier(config), batch, len(y_tr), test, y_te, args)
+    return {"attention": attention, **result}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m flowrl.scripts.demo_timeseries", description=__doc__.split("\n")[0])
-    p.add_argument("--attention", choices=("flow", "softmax", "both"), default="both")
+    p = demo_parser("demo_timeseries", __doc__, steps=400, batch_size=32, lr=2e-3)
     p.add_argument("--dataset", choices=("auto", "japanese_vowels", "synthetic"), default="auto")
-    p.add_argument("--steps", type=int, default=400, help="training steps per model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
     p.add_argument("--synthetic-size", type=int, default=1000, help="synthetic: train series (test: half as many)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.steps < 0 or args.synthetic_size < 2:
         p.error("--steps must be >= 0 and --synthetic-size >= 2")
@@ -156,8 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    attentions = setup(args)
     dataset = args.dataset
     if dataset == "auto":
         dataset = "japanese_vowels" if importlib.util.find_spec("sktime") else "synthetic"
@@ -174,13 +146,8 @@ def main(argv=None) -> list[dict]:
         f"{num_classes} classes, lengths {int(train[1].min())}-{int(train[1].max())}; "
         f"majority-class accuracy {majority:.3f}"
     )
-    attentions = ("flow", "softmax") if args.attention == "both" else (args.attention,)
     rows = [train_and_evaluate(a, (train, test), num_classes, args) for a in attentions]
-    print_table(
-        rows,
-        [("attention", "attention", "s"), ("params", "params", ","), ("test_acc", "test accuracy", ".3f"),
-         ("train_s", f"train time ({args.steps} steps) [s]", ".1f")],
-    )
+    print_table(rows, classifier_columns(args.steps))
     return rows
 
 
