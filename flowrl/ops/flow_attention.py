@@ -261,8 +261,9 @@ def flow_attention(
                 state = FlowState.zeros(B, H, D, M, dtype=work, device=q.device)
             return (y, state) if return_state else y
         chunk = _auto_chunk(L) if chunk is None else chunk
-        with _no_autocast(q.device.type):  # every product feeds a normaliser: all in `work` precision
-            y, new_state = _causal_dispatch(q, k, v, eps, clamp, state, return_state, chunk, work)
+        lowp = _value_dtype(q, work)
+        with _no_autocast(q.device.type):  # precision is chosen here: `work` for normalisers, `lowp` for values
+            y, new_state = _causal_dispatch(q, k, v, eps, clamp, state, return_state, chunk, work, lowp)
         y = y.to(out_dtype)
         return (y, new_state) if return_state else y
 
@@ -347,7 +348,7 @@ def _rev_cumsum(x: Tensor) -> Tensor:
     return x.flip(-1).cumsum(-1).flip(-1)
 
 
-def _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, need_state, save):
+def _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, need_state, save, lowp=None):
     B, H, L, D = Q.shape
     M = V.shape[-1]
     C = _chunk_len(L, chunk)
@@ -419,14 +420,26 @@ def _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, need_state, sa
     if Lp > L:
         vp[:, :, L:].zero_()
     vpc = vp.view(B, H, N, C, M)
-    h = Sl @ vpc  # (B, H, N, C, M)
+    # The value products may run in `lowp` (autocast); everything that feeds a normaliser stays in `work`.
+    lp = None
+    if lowp is not None:
+        lp = (qk.to(lowp) if cross or save else None, Sl.to(lowp), vpc.to(lowp))  # [q, k], tril(S), v'
+        h = (lp[1] @ lp[2]).to(work)
+    else:
+        h = Sl @ vpc  # (B, H, N, C, M)
     KV0 = None
     if cross:
-        kvsum = kc.transpose(-1, -2) @ vpc  # (B, H, N, D, M)
+        if lp is None:
+            kvsum = kc.transpose(-1, -2) @ vpc  # (B, H, N, D, M)
+        else:
+            kvsum = (lp[0][1].view(B, H, N, C, D).transpose(-1, -2) @ lp[2]).to(work)
         KV0, kv_end = _chunk_cumsum(kvsum, 2)
         if st is not None:
             KV0 += st[5][:, :, None]
-        h.view(-1, C, M).baddbmm_(qc.reshape(-1, C, D), KV0.view(-1, D, M))
+        if lp is None:
+            h.view(-1, C, M).baddbmm_(qc.reshape(-1, C, D), KV0.view(-1, D, M))
+        else:
+            h += lp[0][0].view(B, H, N, C, D) @ KV0.to(lowp)
     h = h.view(B, H, Lp, M)
     y = h[:, :, :L] * w[..., :L, None] if save else h.mul_(w[..., None])[:, :, :L]
 
@@ -444,12 +457,12 @@ def _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, need_state, sa
         )
     saved = None
     if save:
-        saved = (qk, vp, Sl, Su, h, rs, t, dens, flows, u, A, w, e, Z, comp, KV0, c0, p0)
+        saved = (qk, vp, Sl, Su, h, rs, t, dens, flows, u, A, w, e, Z, comp, KV0, c0, p0, lp)
     return y, new_state, saved
 
 
 def _fast_causal_backward(gy, saved, eps, clamp, L, C):
-    qk, vp, Sl, Su, h, rs, t, dens, flows, u, A, w, e, Z, comp, KV0, c0, p0 = saved
+    qk, vp, Sl, Su, h, rs, t, dens, flows, u, A, w, e, Z, comp, KV0, c0, p0, lp = saved
     _, B, H, Lp, D = qk.shape
     M = vp.shape[-1]
     N = Lp // C
@@ -474,12 +487,22 @@ def _fast_causal_backward(gy, saved, eps, clamp, L, C):
     gw = torch.linalg.vecdot(gy, h)
     alpha = gw / dI * A * (1 - A) / t  # ∂/∂Î, over t
     ghc = gh.view(B, H, N, C, M)
-    gvp = Sl.transpose(-1, -2) @ ghc  # ∂/∂(C_j v_j) within the chunk, (B, H, N, C, M)
+    if lp is not None:  # the value products in low precision (see _fast_causal_forward)
+        lowp = lp[1].dtype
+        qkl = lp[0].view(2, B, H, N, C, D) if lp[0] is not None else None
+        ghl = ghc.to(lowp)
+        gvp = (lp[1].transpose(-1, -2) @ ghl).to(work)
+    else:
+        gvp = Sl.transpose(-1, -2) @ ghc  # ∂/∂(C_j v_j) within the chunk, (B, H, N, C, M)
     gO = (row(alpha) @ Sl).view(B, H, Lp)  # Σ_{i≥j} α_i q_i·k_j within the chunk
     if cross:
-        GN, _ = _chunk_cumsum(qc.transpose(-1, -2) @ ghc, 2, reverse=True)  # Σ_later q ghᵀ, (B, H, N, D, M)
+        if lp is None:
+            GN, _ = _chunk_cumsum(qc.transpose(-1, -2) @ ghc, 2, reverse=True)  # Σ_later q ghᵀ, (B, H, N, D, M)
+            gvp.view(X, C, M).baddbmm_(kc.reshape(X, C, D), GN.view(X, D, M))
+        else:
+            GN, _ = _chunk_cumsum((qkl[0].transpose(-1, -2) @ ghl).to(work), 2, reverse=True)
+            gvp += qkl[1] @ GN.to(lowp)
         AQ, _ = _chunk_cumsum(row(alpha) @ qc, 2, reverse=True)  # Σ_later α q, (B, H, N, 1, D)
-        gvp.view(X, C, M).baddbmm_(kc.reshape(X, C, D), GN.view(X, D, M))
         gO += (AQ @ kc.transpose(-1, -2)).view(B, H, Lp)
     gvp = gvp.view(B, H, Lp, M)
     gcomp = torch.linalg.vecdot(gvp, vp) / comp
@@ -498,17 +521,29 @@ def _fast_causal_backward(gy, saved, eps, clamp, L, C):
     delta = -gO * O / dO  # ∂/∂dO
     rgd = _rev_cumsum(torch.stack((gamma, delta)))
 
-    G = torch.baddbmm(col(gamma), ghc.view(X, C, M), vpc.view(X, C, M).transpose(-1, -2))
+    if lp is None:
+        G = torch.baddbmm(col(gamma), ghc.view(X, C, M), vpc.view(X, C, M).transpose(-1, -2))
+    else:
+        G = (ghl.view(X, C, M) @ lp[2].view(X, C, M).transpose(-1, -2)).to(work).add_(col(gamma))
     G.addcmul_(col(alpha), O.view(X, 1, C)).tril_()
     G += torch.addcmul(delta.view(X, 1, C), col(I), beta.view(X, 1, C)).triu_()
-    gq = G @ qkc[1].reshape(X, C, D)
-    gk = G.transpose(-1, -2) @ qkc[0].reshape(X, C, D)
+    if lp is None:
+        gq = G @ qkc[1].reshape(X, C, D)
+        gk = G.transpose(-1, -2) @ qkc[0].reshape(X, C, D)
+    else:
+        Gl = G.to(lowp)
+        gq = (Gl @ qkl[1].reshape(X, C, D)).to(work)
+        gk = (Gl.transpose(-1, -2) @ qkl[0].reshape(X, C, D)).to(work)
     # D-vector terms: coefficients (X, C, n) @ vectors (X, n, D); the ε terms multiply the ones vector
     eq = eps * (alpha + gamma + I * rab[1] + rgd[1])
     ek = eps * (beta + delta + O * rab[0] + rgd[0])
     if cross:
-        gq.baddbmm_(ghc.view(X, C, M), KV0.view(X, D, M).transpose(-1, -2))
-        gk.baddbmm_(vpc.view(X, C, M), GN.view(X, D, M).transpose(-1, -2))
+        if lp is None:
+            gq.baddbmm_(ghc.view(X, C, M), KV0.view(X, D, M).transpose(-1, -2))
+            gk.baddbmm_(vpc.view(X, C, M), GN.view(X, D, M).transpose(-1, -2))
+        else:
+            gq += ghl.view(X, C, M) @ KV0.to(lowp).view(X, D, M).transpose(-1, -2)
+            gk += lp[2].view(X, C, M) @ GN.to(lowp).view(X, D, M).transpose(-1, -2)
         GQ, _ = _chunk_cumsum(row(gamma) @ qc, 2, reverse=True)  # Σ_later γ q
         DK, _ = _chunk_cumsum(row(delta) @ kc, 2, reverse=True)  # Σ_later δ k
         ones = torch.ones_like(DK)
@@ -531,9 +566,9 @@ class _FastCausal(torch.autograd.Function):
     """Causal flow attention on raw q, k, v with the hand-written backward above; state is a constant."""
 
     @staticmethod
-    def forward(ctx, Q, K, V, eps, clamp, chunk, state):
+    def forward(ctx, Q, K, V, eps, clamp, chunk, state, lowp):
         work = torch.float64 if Q.dtype == torch.float64 else torch.float32
-        y, _, saved = _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, False, True)
+        y, _, saved = _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, False, True, lowp)
         ctx.saved = saved
         ctx.meta = (eps, clamp, Q.shape[2], _chunk_len(Q.shape[2], chunk), (Q.dtype, K.dtype, V.dtype))
         return y.to(Q.dtype)
@@ -546,8 +581,19 @@ class _FastCausal(torch.autograd.Function):
         with _no_autocast(gy.device.type):
             gQ, gK, gV = _fast_causal_backward(gy, ctx.saved, eps, clamp, L, C)
         ctx.saved = None
-        return gQ.to(dtypes[0]), gK.to(dtypes[1]), gV.to(dtypes[2]), None, None, None, None
+        return gQ.to(dtypes[0]), gK.to(dtypes[1]), gV.to(dtypes[2]), None, None, None, None, None
 
+
+
+def _value_dtype(q: Tensor, work: torch.dtype) -> torch.dtype | None:
+    """Precision of the causal value products q′·(k v′ᵀ) and their gradients: the autocast dtype under
+    autocast, else a 16-bit input's own dtype, else None (= `work`). Normalisers never use it."""
+    if work == torch.float64:
+        return None
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return q.dtype if q.dtype in (torch.bfloat16, torch.float16) else None
 
 
 def _no_autocast(device_type: str):
@@ -556,7 +602,7 @@ def _no_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
-def _causal_dispatch(q, k, v, eps, clamp, state, return_state, chunk, work):
+def _causal_dispatch(q, k, v, eps, clamp, state, return_state, chunk, work, lowp=None):
     """Fast forward (+ hand-written backward) unless gradients must flow through a carried state."""
     state_grad = state is not None and any(x.requires_grad for x in state)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or state_grad)
@@ -564,10 +610,12 @@ def _causal_dispatch(q, k, v, eps, clamp, state, return_state, chunk, work):
         if state is not None and q.shape[2] == 1:  # recurrent decoding: one token, few small ops
             y, new_state = _recurrent_step(q, k, v, eps, clamp, state, work)
             return y, (new_state if return_state else None)
-        y, new_state, _ = _fast_causal_forward(q, k, v, eps, clamp, state, chunk, work, return_state, False)
+        y, new_state, _ = _fast_causal_forward(
+            q, k, v, eps, clamp, state, chunk, work, return_state, False, lowp
+        )
         return y, new_state
     if not (return_state or state_grad):
-        return _FastCausal.apply(q, k, v, eps, clamp, chunk, state), None
+        return _FastCausal.apply(q, k, v, eps, clamp, chunk, state, lowp), None
     # Gradients into or out of a state: plain autograd through the scan form.
     q, k, v = (x.to(work) for x in (q, k, v))
     return _causal(torch.sigmoid(q), torch.sigmoid(k), v, eps, clamp, state, return_state, chunk)
