@@ -1,9 +1,11 @@
 """Flow-Attention (Flowformer, Wu et al., ICML 2022) as pure functions.
 
 Non-causal attention follows the paper's equations; causal attention follows the reference causal form
-(prefix sums normalised by position), computed as O(L·D) scans for the flow normalisers followed by a
-chunked causal linear attention, so that peak memory is linear in L and a sequence can be carried
-across calls through :class:`FlowState` (down to one token at a time: recurrent O(1)-per-token decoding).
+(prefix sums normalised by position), computed chunk by chunk as a causal linear attention whose score
+matrix also yields every flow normaliser (see "Fast causal path" below), so that peak memory is linear in L
+and a sequence can be carried across calls through :class:`FlowState` (down to one token at a time:
+recurrent O(1)-per-token decoding). Both paths have a hand-written backward, checked against the naive
+reference in float64.
 
 The maths, per batch and head, with q_t = σ(Q_t), k_t = σ(K_t), t the 1-based position, ε = eps, c = clamp:
 
@@ -231,7 +233,9 @@ def flow_attention(
 
     Returns:
         y [B, H, L, M] in the dtype of q, or (y, state) when ``return_state``. Reduced-precision inputs
-        are computed in float32 (the scans grow with L), float64 stays float64.
+        are computed in float32 (the scans grow with L), float64 stays float64; causal attention under
+        autocast, or on bfloat16/float16 inputs, runs its value products (q′·k v′ᵀ and their gradients)
+        in that 16-bit dtype, never the normalisers.
     """
     _check_inputs(q, k, v)
     B, H, L, D = q.shape
