@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-BENCHES = ("attention", "data", "train", "rollout")
+BENCHES = ("attention", "data", "train", "rollout", "scores")
 
 
 def add_parser(sub) -> None:

@@ -1,0 +1,219 @@
+"""``flowrl bench scores``: options, the warmup rule, aggregation, and whole runs on a tiny dataset and model.
+
+d3rlpy is replaced by a stand-in ``run_d3rlpy`` that returns fixed raw returns, so these tests never create its
+environment; the real peer is exercised by the slow tests in test_peers.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flowrl.envs import normalized_score
+from flowrl.scripts import bench_scores
+from flowrl.scripts.peers import PeerEnvError, PeerRunError
+
+# one torch thread: tiny ops are dominated by thread hand-offs, which a loaded test machine makes slow
+TINY = ["--context", "4", "--dim", "16", "--layers", "1", "--heads", "1", "--batch", "4", "--threads", "1"]
+PEER_RETURNS = [100.0, 300.0]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    bench_scores.add_arguments(p)
+    return p.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    """A Hopper-shaped .npz (11-d states, 3-d actions): d3rlpy must get it as a temporary D4RL .hdf5."""
+    from flowrl.envs import TrajectoryDataset, write_npz
+
+    rng = np.random.default_rng(0)
+    n, length = 200, 50
+    timeouts = np.zeros(n, bool)
+    timeouts[length - 1 :: length] = True
+    ds = TrajectoryDataset.from_arrays(
+        rng.normal(size=(n, 11)).astype(np.float32),
+        np.tanh(rng.normal(size=(n, 3))).astype(np.float32),
+        rng.uniform(0, 3, size=n).astype(np.float32),
+        np.zeros(n, bool),
+        timeouts,
+        {"env_name": "hopper"},
+    )
+    return write_npz(tmp_path_factory.mktemp("data") / "tiny-hopper.npz", ds)
+
+
+@pytest.fixture
+def fake_peer(monkeypatch):
+    """Stand-in for d3rlpy's ``scores`` command: records each call and returns fixed raw returns."""
+    calls = []
+
+    def run_d3rlpy(subcommand, **kwargs):
+        calls.append((subcommand, kwargs))
+        assert Path(kwargs["dataset"]).suffix == ".hdf5" and Path(kwargs["dataset"]).is_file()
+        evals = [
+            {"target_return": t, "returns": PEER_RETURNS, "lengths": [20, 30], "seconds": 0.5}
+            for t in kwargs["target_return"]
+        ]
+        return {
+            "peer": "d3rlpy",
+            "subcommand": subcommand,
+            "steps": kwargs["steps"],
+            "train_seconds": 2.0,
+            "final_loss": 1.5,
+            "evaluations": evals,
+        }
+
+    monkeypatch.setattr("flowrl.scripts.peers.run_d3rlpy", run_d3rlpy)
+    monkeypatch.setattr("flowrl.scripts.peers.ensure_d3rlpy_venv", lambda *a, **k: "/fake/python")
+    return calls
+
+
+def test_defaults_are_the_shared_datasets_and_the_dt_preset():
+    args = _parse([])
+    repo = Path(bench_scores.__file__).resolve().parents[1]
+    expected = [repo.parent / "shared" / "datasets" / f"{n}.hdf5" for n in bench_scores.DEFAULT_NAMES]
+    assert [Path(p) for p in args.datasets] == expected
+    assert bench_scores.DEFAULT_NAMES == ("hopper-medium", "hopper-medium-replay", "halfcheetah-medium")
+    assert args.algos == ["flow-dt", "softmax-dt", "bc", "d3rlpy"]
+    assert (args.context, args.dim, args.layers, args.heads, args.batch) == (20, 128, 3, 1, 64)
+    assert _parse(["--algos", "bc,flow-dt,bc"]).algos == ["bc", "flow-dt"]
+    with pytest.raises(SystemExit):
+        _parse(["--algos", "flow-dt,cql"])
+
+
+def test_warmup_is_the_recipes_10k_capped_at_a_tenth_of_the_budget():
+    assert [bench_scores.dt_warmup(s) for s in (5, 300, 400, 100_000, 500_000)] == [0, 30, 40, 10_000, 10_000]
+
+
+def test_the_real_runner_is_read_for_a_warmup_option():
+    assert isinstance(bench_scores.peer_takes_warmup(), bool)
+
+
+def test_cells_average_seeds_and_spread_over_seeds_or_the_one_seeds_episodes():
+    runs = [
+        {"dataset": "a", "algo": "bc", "seed": 0, "normalized": [10.0, 20.0], "score": 15.0},
+        {"dataset": "a", "algo": "bc", "seed": 1, "normalized": [30.0, 40.0], "score": 35.0},
+        {"dataset": "a", "algo": "flow-dt", "seed": 0, "normalized": [10.0, 30.0], "score": 20.0},
+        {"dataset": "a", "algo": "d3rlpy", "seed": 0, "error": "boom"},
+    ]
+    cells = bench_scores.summarize(runs)
+    assert cells["a"]["bc"] == {"mean": 25.0, "std": 10.0, "n": 2, "std_over": "seeds"}
+    assert cells["a"]["flow-dt"] == {"mean": 20.0, "std": 10.0, "n": 1, "std_over": "episodes"}
+    assert "d3rlpy" not in cells["a"]
+    text = bench_scores.format_scores_table(cells, ["a", "b"], ["flow-dt", "bc", "d3rlpy"])
+    header, _, row_a, row_b = text.splitlines()
+    assert [c.strip() for c in header.split("|")[1:-1]] == ["dataset", "flowrl flow-DT", "flowrl BC", "d3rlpy DT"]
+    assert "20.0 ± 10.0 (1 seed)" in row_a and "25.0 ± 10.0 (2 seeds)" in row_a
+    assert row_a.rstrip(" |").endswith("-") and row_b.count("-") == 3
+    odd = bench_scores.format_scores_table(cells, ["a"], ["d3rlpy"], peer_warmup=10_000).splitlines()[0]
+    assert "d3rlpy DT (warmup 10000)" in odd
+
+
+def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, tiny_npz, fake_peer, capsys):
+    out, runs_root = tmp_path / "scores.json", tmp_path / "runs"
+    argv = ["--datasets", str(tiny_npz), "--steps", "3", "--seeds", "2", "--eval-episodes", "1", "--num-envs", "1"]
+    args = _parse([*argv, "--out", str(runs_root), "--json", str(out), *TINY])
+    assert bench_scores.run(args) == 0
+    captured = capsys.readouterr()
+    assert "[8/8] tiny-hopper d3rlpy DT seed 1:" in captured.err  # progress per run
+
+    # d3rlpy: one call per seed, same budget, size, target and threads as flowrl's side
+    assert [c[0] for c in fake_peer] == ["scores", "scores"]
+    assert [c[1]["seed"] for c in fake_peer] == [0, 1]
+    kw = fake_peer[0][1]
+    assert (kw["steps"], kw["env"], kw["target_return"], kw["episodes"], kw["threads"]) == (
+        3,
+        "Hopper-v5",
+        [3600.0],
+        1,
+        1,
+    )
+    assert (kw["context"], kw["dim"], kw["layers"], kw["heads"], kw["batch"]) == (4, 16, 1, 1, 4)
+    assert Path(kw["save_model"]).is_relative_to(runs_root)
+
+    result = json.loads(out.read_text())
+    assert result["steps"] == 3 and result["seeds"] == [0, 1]
+    takes = bench_scores.peer_takes_warmup()
+    assert result["warmup_steps"] == {"dt": 0, "d3rlpy": 0 if takes else 10_000, "bc": 0}
+    assert ("warmup_steps" in kw) == takes
+    assert result["datasets"][0]["target_return"] == 3600.0
+    runs = {(r["algo"], r["seed"]): r for r in result["runs"]}
+    assert set(runs) == {(a, s) for a in bench_scores.ALGOS for s in (0, 1)}
+    for r in runs.values():
+        assert r["steps"] == 3
+        assert r["returns"] == PEER_RETURNS if r["algo"] == "d3rlpy" else len(r["returns"]) == 1
+        np.testing.assert_allclose(r["normalized"], normalized_score("hopper", r["returns"]))
+        assert r["score"] == pytest.approx(np.mean(r["normalized"]))
+    assert runs[("bc", 0)]["target_return"] is None and runs[("flow-dt", 0)]["target_return"] == 3600.0
+
+    # flowrl's DTs: the same size, warmup steps//10, in run folders under --out
+    for algo, attention in (("flow-dt", "flow"), ("softmax-dt", "softmax")):
+        agent = json.loads(next((runs_root / "tiny-hopper" / algo / "seed1").rglob("agent.json")).read_text())
+        cfg = agent["config"]
+        assert (cfg["attention"], cfg["context"], cfg["dim"], cfg["depth"], cfg["warmup_steps"]) == (
+            attention,
+            4,
+            16,
+            1,
+            0,
+        )
+
+    # the table: a row per dataset, a column per algo, two seeds each; the d3rlpy cell is its fixed returns
+    cells = result["table"]["tiny-hopper"]
+    assert {c["n"] for c in cells.values()} == {2}
+    assert cells["d3rlpy"]["mean"] == pytest.approx(np.mean(normalized_score("hopper", PEER_RETURNS)))
+    assert cells["d3rlpy"]["std"] == 0.0
+    row = next(line for line in captured.out.splitlines() if line.startswith("| tiny-hopper"))
+    assert row.count("(2 seeds)") == 4
+    assert ("d3rlpy DT (warmup 10000)" in captured.out) != takes  # a mismatched warmup shows in the header
+    assert all(r["loadavg_1m"] is None or r["loadavg_1m"] >= 0 for r in runs.values())
+
+
+def test_a_failed_d3rlpy_run_is_recorded_and_the_others_still_count(tmp_path, tiny_npz, fake_peer, monkeypatch):
+    def failing(subcommand, **kwargs):
+        raise PeerRunError("d3rlpy scores failed (exit 1)\nTraceback ...")
+
+    monkeypatch.setattr("flowrl.scripts.peers.run_d3rlpy", failing)
+    out = tmp_path / "scores.json"
+    argv = ["--datasets", str(tiny_npz), "--algos", "bc,d3rlpy", "--steps", "2", "--seeds", "1"]
+    args = _parse([*argv, "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY])
+    assert bench_scores.run(args) == 0
+    result = json.loads(out.read_text())
+    failed = next(r for r in result["runs"] if r["algo"] == "d3rlpy")
+    assert failed["error"].startswith("d3rlpy scores failed") and "normalized" not in failed
+    assert list(result["table"]["tiny-hopper"]) == ["bc"]
+
+
+def test_d3rlpy_is_dropped_with_a_warning_without_its_environment(tmp_path, tiny_npz, monkeypatch, capsys):
+    def no_venv(*a, **k):
+        raise PeerEnvError("cannot create the d3rlpy environment: no package index")
+
+    monkeypatch.setattr("flowrl.scripts.peers.ensure_d3rlpy_venv", no_venv)
+    monkeypatch.setattr("flowrl.scripts.peers.run_d3rlpy", lambda *a, **k: pytest.fail("d3rlpy must not run"))
+    out = tmp_path / "scores.json"
+    argv = ["--datasets", str(tiny_npz), "--algos", "bc,d3rlpy", "--steps", "2", "--seeds", "1"]
+    args = _parse([*argv, "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY])
+    assert bench_scores.run(args) == 0
+    assert "warning: d3rlpy is unavailable" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["algos"] == ["bc"] and result["warmup_steps"]["d3rlpy"] is None
+
+
+def test_d3rlpy_gets_the_same_warmup_once_its_runner_takes_one(tmp_path, tiny_npz, fake_peer, monkeypatch):
+    monkeypatch.setattr(bench_scores, "peer_takes_warmup", lambda: True)
+    argv = ["--datasets", str(tiny_npz), "--algos", "d3rlpy", "--steps", "40", "--seeds", "1"]
+    assert bench_scores.run(_parse([*argv, "--eval-episodes", "1", *TINY])) == 0
+    assert fake_peer[0][1]["warmup_steps"] == 4
