@@ -156,7 +156,9 @@ def _make_dt(args):
         optim_factory=d3rlpy.optimizers.AdamWFactory(
             weight_decay=1e-4,
             clip_grad_norm=0.25,
-            lr_scheduler_factory=d3rlpy.optimizers.WarmupSchedulerFactory(warmup_steps=10000),
+            lr_scheduler_factory=d3rlpy.optimizers.WarmupSchedulerFactory(
+                warmup_steps=getattr(args, "warmup_steps", 10000)
+            ),
         ),
         observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
         reward_scaler=d3rlpy.preprocessing.MultiplyRewardScaler(1e-3),
@@ -388,6 +390,8 @@ def _parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--dataset", required=True, help="D4RL-format .hdf5 file")
     sp.add_argument("--steps", type=int, required=True, help="update steps")
+    sp.add_argument("--warmup-steps", type=int, default=10000,
+                    help="linear learning-rate warmup (d3rlpy's D4RL recipe: 10000; shorten for short budgets)")
     sp.add_argument("--env", default="Hopper-v5", help="gymnasium id")
     sp.add_argument("--target-return", type=float, nargs="+", required=True)
     sp.add_argument("--episodes", type=int, default=10)
