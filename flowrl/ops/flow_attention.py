@@ -410,6 +410,8 @@ def _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, need_state, sa
     if st is not None:
         sfr += torch.stack((st[3], st[2])).sum(-1)[..., None]
     cons.add_(rs + sfr.flip(0), alpha=eps).add_(D * eps * eps).div_(t)  # [Î, unclamped Ô]
+    if not save:  # free what is dead before the next large allocations: fewer fresh pages to fault in
+        del S, Su
     u = cons[1]
     e = torch.exp(u.clamp(-clamp, clamp))
     Z = e.cumsum(-1)
@@ -445,6 +447,8 @@ def _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, need_state, sa
         else:
             h += lp[0][0].view(B, H, N, C, D) @ KV0.to(lowp)
     h = h.view(B, H, Lp, M)
+    if not save:
+        del Sl, vpc, vp, qkc, qc, kc, qk
     y = h[:, :, :L] * w[..., :L, None] if save else h.mul_(w[..., None])[:, :, :L]
 
     new_state = None
