@@ -584,13 +584,9 @@ class _FastCausal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         eps, clamp, L, C, dtypes = ctx.meta
-        if ctx.saved is None:
-            raise RuntimeError("flow_attention: backward through the same graph twice needs retain_graph=True")
         with _no_autocast(gy.device.type):
             gQ, gK, gV = _fast_causal_backward(gy, ctx.saved, eps, clamp, L, C)
-        ctx.saved = None
         return gQ.to(dtypes[0]), gK.to(dtypes[1]), gV.to(dtypes[2]), None, None, None, None, None
-
 
 
 def _value_dtype(q: Tensor, work: torch.dtype) -> torch.dtype | None:
@@ -714,7 +710,9 @@ class _FastNonCausal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, Q, K, V, eps, clamp, key_padding_mask, query_padding_mask):
         work = torch.float64 if Q.dtype == torch.float64 else torch.float32
-        y, ctx.saved = _fast_noncausal_forward(Q, K, V, eps, clamp, key_padding_mask, query_padding_mask, work, True)
+        y, saved = _fast_noncausal_forward(Q, K, V, eps, clamp, key_padding_mask, query_padding_mask, work, True)
+        ctx.save_for_backward(V)  # an input: saved the checked way (an in-place change of v raises)
+        ctx.saved = saved[:2] + (None,) + saved[3:]
         ctx.meta = (eps, clamp, (Q.dtype, K.dtype, V.dtype))
         return y.to(Q.dtype)
 
@@ -722,7 +720,8 @@ class _FastNonCausal(torch.autograd.Function):
     def backward(ctx, gy):
         eps, clamp, dtypes = ctx.meta
         with _no_autocast(gy.device.type):
-            gQ, gK, gV = _fast_noncausal_backward(gy, ctx.saved, eps, clamp)
+            saved = ctx.saved[:2] + ctx.saved_tensors + ctx.saved[3:]
+            gQ, gK, gV = _fast_noncausal_backward(gy, saved, eps, clamp)
         return gQ.to(dtypes[0]), gK.to(dtypes[1]), gV.to(dtypes[2]), None, None, None, None
 
 
