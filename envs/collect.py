@@ -48,6 +48,7 @@ __all__ = [
     "measure_returns",
     "buffer_transitions",
     "select_medium",
+    "select_expert",
     "dataset_id",
     "collect",
     "collect_from_policy",
@@ -561,23 +562,47 @@ def concat_levels(*parts: dict[str, Any]) -> dict[str, Any]:
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
-def select_medium(checkpoints: list[dict], fraction: float = 1 / 3) -> dict:
-    """The first checkpoint whose evaluated return reaches ``fraction`` of the final (last) checkpoint's.
+EXPERT_RULES = ("best", "final")
+MEDIUM_RULES = ("closest", "first")
 
-    Returns are shifted by the lowest evaluated return first, so the rule also works where returns are
-    negative (with non-negative returns and a near-zero worst checkpoint it is the plain D4RL-like rule).
+
+def select_expert(checkpoints: list[dict], rule: str = "best") -> dict:
+    """The expert checkpoint: the best evaluated one (``best``, earliest on ties) or the last (``final``).
+
+    ``best`` is the default because SAC's evaluated return swings by thousands between checkpoints (the
+    Hopper run in the README scored 3236 at 210k steps and 980 at the end, 260k).
     """
     if not checkpoints:
-        raise ValueError("the run has no checkpoints to choose a medium policy from")
+        raise ValueError("the run has no checkpoints to choose a policy from")
+    if rule not in EXPERT_RULES:
+        raise ValueError(f"unknown expert rule {rule!r}; choose one of {', '.join(EXPERT_RULES)}")
+    if rule == "final":
+        return checkpoints[-1]
+    return max(checkpoints, key=lambda c: c["eval_return_mean"])  # max keeps the first of equal ones
+
+
+def select_medium(checkpoints: list[dict], fraction: float = 1 / 3, *, expert: dict | None = None,
+                  rule: str = "closest") -> dict:
+    """The medium checkpoint: at ``fraction`` of the expert's evaluated return, among checkpoints up to it.
+
+    ``first``: the first checkpoint whose return reaches the target (D4RL's "early-stopped at a third of
+    expert"); ``closest``: the checkpoint whose return is nearest the target (earliest on ties), which a lucky
+    early evaluation cannot push to near-expert level. ``expert`` defaults to :func:`select_expert` ``best``.
+    Returns are shifted by the lowest evaluated return first (when negative), so the rule also works for envs
+    with negative returns.
+    """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"medium fraction must be in (0, 1], got {fraction}")
-    rets = np.asarray([c["eval_return_mean"] for c in checkpoints], dtype=np.float64)
+    if rule not in MEDIUM_RULES:
+        raise ValueError(f"unknown medium rule {rule!r}; choose one of {', '.join(MEDIUM_RULES)}")
+    expert = select_expert(checkpoints) if expert is None else expert
+    cands = [c for c in checkpoints if c["step"] <= expert["step"]]
+    rets = np.asarray([c["eval_return_mean"] for c in cands], dtype=np.float64)
     base = min(0.0, float(rets.min()))
-    target = base + fraction * (rets[-1] - base)
-    for c, r in zip(checkpoints, rets):
-        if r >= target:
-            return c
-    return checkpoints[-1]
+    target = base + fraction * (expert["eval_return_mean"] - base)
+    if rule == "closest":
+        return cands[int(np.argmin(np.abs(rets - target)))]
+    return next((c for c, r in zip(cands, rets) if r >= target), expert)
 
 
 def summarize(arrays: dict[str, Any]) -> dict[str, Any]:
@@ -667,7 +692,11 @@ class CollectConfig(TrainConfig):
     transitions: int = DEFAULT_TRANSITIONS
     """Transitions per recorded level (random, medium, expert); D4RL used 1M, 100k keeps a run in minutes."""
     medium_fraction: float = 1 / 3
-    """Medium = first checkpoint whose evaluated return reaches this fraction of the final return."""
+    """Medium policy = the checkpoint at this fraction of the expert's evaluated return (see ``medium_rule``)."""
+    medium_rule: str = "closest"
+    """``closest``: evaluated return nearest the target; ``first``: first checkpoint reaching it."""
+    expert_rule: str = "best"
+    """Expert policy: ``best`` evaluated checkpoint, or ``final`` (the last one)."""
     ref_episodes: int = 100
     """Episodes for measured reference scores (envs without D4RL constants)."""
     num_envs: int = 16
@@ -684,6 +713,8 @@ class CollectConfig(TrainConfig):
             raise ValueError("transitions, ref_episodes and num_envs must be positive")
         if not 0.0 < self.medium_fraction <= 1.0:
             raise ValueError(f"medium fraction must be in (0, 1], got {self.medium_fraction}")
+        if self.medium_rule not in MEDIUM_RULES or self.expert_rule not in EXPERT_RULES:
+            raise ValueError(f"medium rule must be one of {MEDIUM_RULES} and expert rule one of {EXPERT_RULES}")
 
 
 def default_run_dir(env: str, algo: str, seed: int) -> Path:
@@ -745,16 +776,17 @@ def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callabl
         train_cfg = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
         state = train_behavior(train_cfg, run_dir, progress=progress, on_checkpoint=on_checkpoint, command=command)
         ckpts = [c for c in state["checkpoints"] if c["step"] <= cfg.steps]
-        final_ck = ckpts[-1]
-        medium_ck = select_medium(ckpts, cfg.medium_fraction)
+        final_ck = select_expert(ckpts, cfg.expert_rule)
+        medium_ck = select_medium(ckpts, cfg.medium_fraction, expert=final_ck, rule=cfg.medium_rule)
         for name, ck in (("medium", medium_ck), ("expert", final_ck)):
             policies[name] = from_sb3(_load_model(cfg.algo, run_dir / ck["model"]))
         if export_behavior is not None:
             info = {"algorithm": f"SB3 {cfg.algo.upper()}", "command": command or state.get("command"),
                     "training_command": state.get("command"), "run_dir": str(run_dir), "seed": cfg.seed,
-                    "training_steps": final_ck["step"], "medium_fraction": cfg.medium_fraction,
+                    "training_steps": ckpts[-1]["step"], "medium_fraction": cfg.medium_fraction,
+                    "medium_rule": cfg.medium_rule, "expert_rule": cfg.expert_rule, "expert_step": final_ck["step"],
                     "policy_step": medium_ck["step"], "eval_return": medium_ck["eval_return_mean"],
-                    "eval_returns": medium_ck["eval_returns"], "final_eval_return": final_ck["eval_return_mean"],
+                    "eval_returns": medium_ck["eval_returns"], "expert_eval_return": final_ck["eval_return_mean"],
                     "eval_episodes": cfg.eval_episodes, "training_wall_s": state.get("train_wall_s"),
                     "checkpoint_returns": {c["step"]: round(c["eval_return_mean"], 1) for c in ckpts}}
             export_behavior_policy(run_dir / medium_ck["model"], export_behavior, cfg.env, info=info,
@@ -770,8 +802,9 @@ def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callabl
     common = {"env_name": spec.name, "gym_id": spec.gym_id, "seed": cfg.seed, "flowrl_version": _version(),
               "command": command, **refs}
     if state is not None:
-        common.update(training_algorithm=f"SB3 {cfg.algo.upper()}", training_steps=final_ck["step"],
-                      run_dir=str(run_dir), medium_fraction=cfg.medium_fraction)
+        common.update(training_algorithm=f"SB3 {cfg.algo.upper()}", training_steps=ckpts[-1]["step"],
+                      run_dir=str(run_dir), medium_fraction=cfg.medium_fraction, medium_rule=cfg.medium_rule,
+                      expert_rule=cfg.expert_rule)
     recorded: dict[str, dict[str, Any]] = {}
 
     def get(level: str) -> dict[str, Any]:

@@ -51,7 +51,11 @@ def add_parser(sub) -> None:
                    help="checkpoint + deterministic evaluation every N steps (default 10000)")
     p.add_argument("--eval-episodes", type=_steps, default=5, help="episodes per checkpoint evaluation (default 5)")
     p.add_argument("--medium-fraction", type=_fraction, default=1 / 3,
-                   help="medium = first checkpoint reaching this fraction of the final return (default 1/3)")
+                   help="medium target = this fraction of the expert's evaluated return (default 1/3)")
+    p.add_argument("--medium-rule", choices=("closest", "first"), default="closest",
+                   help="medium = checkpoint whose return is closest to the target (default) or first to reach it")
+    p.add_argument("--expert-rule", choices=("best", "final"), default="best",
+                   help="expert = best evaluated checkpoint (default) or the final one")
     p.add_argument("--transitions", type=_steps, default=100_000,
                    help="transitions per recorded level (default 100000; D4RL used 1M)")
     p.add_argument("--ref-episodes", type=_steps, default=100,
@@ -108,6 +112,7 @@ def _run(args) -> int:
                           hidden=_hidden(args.hidden), batch_size=args.batch_size,
                           learning_starts=args.learning_starts,
                           transitions=args.transitions, medium_fraction=args.medium_fraction,
+                          medium_rule=args.medium_rule, expert_rule=args.expert_rule,
                           ref_episodes=args.ref_episodes, num_envs=args.num_envs, run_dir=args.run_dir,
                           overwrite=args.overwrite)
     rows = C.collect(cfg, progress=progress, command=command, export_behavior=args.export_behavior)

@@ -122,6 +122,7 @@ def test_every_level_structure_and_metadata(hopper_run):
     assert list(out) == list(C.LEVELS)
     state = C.load_run(hopper_run["run_dir"])
     medium = C.select_medium(state["checkpoints"], 1 / 3)
+    assert medium["step"] <= C.select_expert(state["checkpoints"])["step"]
     data = {}
     for level in C.LEVELS:
         assert out[level]["dataset_id"] == f"flowrl/hopper/{level}-v0"
@@ -139,8 +140,9 @@ def test_every_level_structure_and_metadata(hopper_run):
     for level in ("random", "medium", "expert"):
         assert data[level].num_transitions == 400
     assert data["medium"].metadata["policy_step"] == medium["step"]
-    assert data["expert"].metadata["policy_step"] == STEPS
-    assert data["expert"].metadata["eval_return"] == pytest.approx(state["checkpoints"][-1]["eval_return_mean"])
+    expert = C.select_expert(state["checkpoints"])
+    assert data["expert"].metadata["policy_step"] == expert["step"]
+    assert data["expert"].metadata["eval_return"] == pytest.approx(expert["eval_return_mean"])
     # medium-replay: the replay buffer up to the medium checkpoint, in time order
     rep = data["medium-replay"]
     buf = C.load_buffer(hopper_run["run_dir"], medium["step"])
@@ -194,11 +196,22 @@ def test_record_cuts_exactly_and_splits_episodes():
 def test_select_medium_rule():
     ck = [{"step": s, "eval_return_mean": r} for s, r in [(1, 10.0), (2, 900.0), (3, 1200.0), (4, 700.0),
                                                            (5, 3000.0)]]
-    assert C.select_medium(ck, 1 / 3)["step"] == 3  # first >= 1000
-    assert C.select_medium(ck, 0.25)["step"] == 2
-    assert C.select_medium(ck, 1.0)["step"] == 5
+    assert C.select_expert(ck)["step"] == 5 == C.select_expert(ck, "final")["step"]
+    assert C.select_medium(ck, 1 / 3, rule="first")["step"] == 3  # first >= 1000
+    assert C.select_medium(ck, 1 / 3)["step"] == 2  # 900 is closer to 1000 than 1200
+    assert C.select_medium(ck, 0.25, rule="first")["step"] == 2
+    assert C.select_medium(ck, 1.0, rule="first")["step"] == 5 == C.select_medium(ck, 1.0)["step"]
+    # a run whose last checkpoint dips (as SAC's do): "final" would make a near-random policy medium
+    dip = [{"step": s, "eval_return_mean": r} for s, r in [(1, 300.0), (2, 2500.0), (3, 1100.0), (4, 3300.0),
+                                                            (5, 900.0)]]
+    assert C.select_expert(dip)["step"] == 4 and C.select_expert(dip, "final")["step"] == 5
+    assert C.select_medium(dip, 1 / 3)["step"] == 3
+    assert C.select_medium(dip, 1 / 3, rule="first")["step"] == 2  # a lucky early evaluation
+    assert C.select_medium(dip, 1 / 3, expert=dip[-1], rule="first")["step"] == 1
     with pytest.raises(ValueError):
         C.select_medium(ck, 0.0)
+    with pytest.raises(ValueError):
+        C.select_expert(ck, "last")
 
 
 def test_measured_reference_scores_for_env_without_d4rl_constants(tmp_path, monkeypatch):
