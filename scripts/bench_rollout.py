@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from flowrl.scripts.argtypes import positive_int, subset_of
 from flowrl.scripts.bench_train import (
     add_model_arguments,
     machine_text,
@@ -50,18 +51,18 @@ LABELS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="Hopper-v5", help="env name or gymnasium id; default %(default)s")
-    p.add_argument("--episodes", type=_positive, default=10, help="episodes per variant")
-    p.add_argument("--num-envs", type=_positive, default=10, help="environments flowrl steps together")
+    p.add_argument("--episodes", type=positive_int, default=10, help="episodes per variant")
+    p.add_argument("--num-envs", type=positive_int, default=10, help="environments flowrl steps together")
     p.add_argument(
         "--target-return",
         type=float,
         default=None,
         help="return-to-go to condition on (default: the env's first D4RL target, hopper 3600)",
     )
-    p.add_argument("--repeats", type=_positive, default=1, help="alternating repeats (median reported)")
+    p.add_argument("--repeats", type=positive_int, default=1, help="alternating repeats (median reported)")
     p.add_argument(
         "--variants",
-        type=_variant_list,
+        type=subset_of(VARIANTS, "variant"),
         default=list(VARIANTS),
         help=f"comma-separated subset of: {', '.join(VARIANTS)}",
     )
@@ -71,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=True,
         help="turn off early termination so every episode runs to the time limit (default: on)",
     )
-    p.add_argument("--max-episode-steps", type=_positive, default=None, help="time limit (default: the env's own)")
+    p.add_argument("--max-episode-steps", type=positive_int, default=None, help="time limit (default: the env's own)")
     add_model_arguments(p)
     p.add_argument(
         "--flowrl-checkpoint",
@@ -246,18 +247,3 @@ def _d3rlpy_rollout(gym_id: str, target: float, args, threads: int) -> dict:
         timeout=args.peer_timeout,
         **peer_model_kwargs(args),
     )
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _variant_list(text: str) -> list[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in VARIANTS]
-    if bad or not items:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {bad or text!r}; choose from {', '.join(VARIANTS)}")
-    return list(dict.fromkeys(items))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flowrl.scripts.argtypes import positive_int, subset_of
 from flowrl.scripts.bench_train import (
     add_model_arguments,
     d4rl_file,
@@ -68,16 +69,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and halfcheetah-medium from ../shared/datasets",
     )
     p.add_argument(
-        "--algos", type=_algo_list, default=list(ALGOS), help=f"comma-separated subset of: {', '.join(ALGOS)}"
+        "--algos",
+        type=subset_of(ALGOS, "algo"),
+        default=list(ALGOS),
+        help=f"comma-separated subset of: {', '.join(ALGOS)}",
     )
     p.add_argument(
-        "--steps", type=_positive, default=100_000, help="update steps for every algorithm (default %(default)s)"
+        "--steps", type=positive_int, default=100_000, help="update steps for every algorithm (default %(default)s)"
     )
-    p.add_argument("--seeds", type=_positive, default=3, help="train with seeds 0..N-1 (default %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="train with seeds 0..N-1 (default %(default)s)")
     p.add_argument(
-        "--eval-episodes", type=_positive, default=10, help="evaluation episodes per run (default %(default)s)"
+        "--eval-episodes", type=positive_int, default=10, help="evaluation episodes per run (default %(default)s)"
     )
-    p.add_argument("--num-envs", type=_positive, default=10, help="environments flowrl steps together")
+    p.add_argument("--num-envs", type=positive_int, default=10, help="environments flowrl steps together")
     add_model_arguments(p)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for every algorithm (0: torch's default)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for flowrl's agents (d3rlpy stays fp32)")
@@ -391,18 +395,3 @@ def peer_takes_warmup() -> bool:
 
 def _write_json(path: str, result: dict) -> None:
     Path(path).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _algo_list(text: str) -> list[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in ALGOS]
-    if bad or not items:
-        raise argparse.ArgumentTypeError(f"unknown algo(s) {bad or text!r}; choose from {', '.join(ALGOS)}")
-    return list(dict.fromkeys(items))

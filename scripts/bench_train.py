@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from flowrl.scripts.argtypes import positive_int, subset_of
+
 HELP = "training steps/s: flowrl flow-DT (fp32, bf16), softmax-DT and d3rlpy's DT, same data and model size"
 
 VARIANTS = ("flow", "flow-bf16", "softmax", "d3rlpy")
@@ -49,12 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="dataset path or name (a D4RL .hdf5 is given to d3rlpy as is; anything else is written "
         "to a temporary D4RL file first); default %(default)s",
     )
-    p.add_argument("--steps", type=_positive, default=100, help="timed update steps per variant and repeat")
-    p.add_argument("--warmup", type=_positive, default=10, help="untimed update steps before timing")
-    p.add_argument("--repeats", type=_positive, default=3, help="alternating repeats (median reported)")
+    p.add_argument("--steps", type=positive_int, default=100, help="timed update steps per variant and repeat")
+    p.add_argument("--warmup", type=positive_int, default=10, help="untimed update steps before timing")
+    p.add_argument("--repeats", type=positive_int, default=3, help="alternating repeats (median reported)")
     p.add_argument(
         "--variants",
-        type=_variant_list,
+        type=subset_of(VARIANTS, "variant"),
         default=list(VARIANTS),
         help=f"comma-separated subset of: {', '.join(VARIANTS)}",
     )
@@ -66,11 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--context", type=_positive, default=20, help="context length K (timesteps)")
-    p.add_argument("--dim", type=_positive, default=128, help="embedding width")
-    p.add_argument("--layers", type=_positive, default=3, help="transformer blocks")
-    p.add_argument("--heads", type=_positive, default=1, help="attention heads")
-    p.add_argument("--batch", type=_positive, default=64, help="sequences per update")
+    p.add_argument("--context", type=positive_int, default=20, help="context length K (timesteps)")
+    p.add_argument("--dim", type=positive_int, default=128, help="embedding width")
+    p.add_argument("--layers", type=positive_int, default=3, help="transformer blocks")
+    p.add_argument("--heads", type=positive_int, default=1, help="attention heads")
+    p.add_argument("--batch", type=positive_int, default=64, help="sequences per update")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -270,18 +272,3 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), sep, *map(line, cells[1:])])
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _variant_list(text: str) -> list[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in VARIANTS]
-    if bad or not items:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {bad or text!r}; choose from {', '.join(VARIANTS)}")
-    return list(dict.fromkeys(items))

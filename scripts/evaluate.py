@@ -6,28 +6,18 @@ Decision Transformers are evaluated once per target return (default: the env's p
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from flowrl.scripts.argtypes import positive_int
 from flowrl.scripts.cli import UsageError
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint with vectorized rollouts", description=__doc__)
     p.add_argument("checkpoint", help="run folder, checkpoint folder or saved agent")
-    p.add_argument("--episodes", type=_positive, default=10, help="episodes per target return (default 10)")
-    p.add_argument("--num-envs", type=_positive, default=10, help="environments stepped together (default 10)")
+    p.add_argument("--episodes", type=positive_int, default=10, help="episodes per target return (default 10)")
+    p.add_argument("--num-envs", type=positive_int, default=10, help="environments stepped together (default 10)")
     p.add_argument(
         "--target-return",
         type=float,
@@ -38,7 +28,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--env", default=None, help="environment (default: the one the agent was trained for)")
     p.add_argument("--seed", type=int, default=10_000, help="episode i starts from reset(seed=SEED+i)")
-    p.add_argument("--max-episode-steps", type=_positive, default=None, help="cap episode length")
+    p.add_argument("--max-episode-steps", type=positive_int, default=None, help="cap episode length")
     p.add_argument("--video", default=None, metavar="FILE", help="record episode 0 to FILE (.mp4 or .gif)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
