@@ -12,12 +12,14 @@ import torch
 from flowrl.agents.config import BCConfig, DecisionTransformerConfig
 from torch import Tensor, nn
 
+from flowrl.layers import Dropout
 from flowrl.models import Flowformer
 
 __all__ = ["DecisionTransformer", "BCNetwork", "TOKENS_PER_STEP", "STATE_TOKEN"]
 
 TOKENS_PER_STEP = 3
 STATE_TOKEN = 1  # offset of s_t within the (R̂_t, s_t, a_t) triple
+_STATE_TOKENS = slice(STATE_TOKEN, None, TOKENS_PER_STEP)
 
 
 class _Normalizer(nn.Module):
@@ -54,7 +56,7 @@ class DecisionTransformer(nn.Module):
         self.embed_state = nn.Linear(obs_dim, d)
         self.embed_action = nn.Linear(act_dim, d)
         self.embed_norm = nn.LayerNorm(d)
-        self.embed_dropout = nn.Dropout(config.dropout)
+        self.embed_dropout = Dropout(config.dropout)
         self.trunk = Flowformer(config.trunk_config())
         self.predict_action = nn.Sequential(nn.Linear(d, act_dim), nn.Tanh())
         self.apply(_init_weights)
@@ -74,8 +76,9 @@ class DecisionTransformer(nn.Module):
         return self.embed_dropout(self.embed_norm(tokens.reshape(B, TOKENS_PER_STEP * T, -1)))
 
     def forward(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor) -> Tensor:
-        h = self.trunk(self.embed(states, actions, returns_to_go, timesteps))  # (B, 3T, d)
-        return self.predict_action(h[:, STATE_TOKEN::TOKENS_PER_STEP])  # (B, T, act_dim)
+        # only the state tokens are read: the trunk's last block computes nothing else
+        h = self.trunk(self.embed(states, actions, returns_to_go, timesteps), select=_STATE_TOKENS)  # (B, T, d)
+        return self.predict_action(h)  # (B, T, act_dim)
 
 
 class BCNetwork(nn.Module):
@@ -88,7 +91,7 @@ class BCNetwork(nn.Module):
         layers: list[nn.Module] = []
         width = obs_dim
         for _ in range(config.layers):
-            layers += [nn.Linear(width, config.hidden), nn.ReLU(), nn.Dropout(config.dropout)]
+            layers += [nn.Linear(width, config.hidden), nn.ReLU(), Dropout(config.dropout)]
             width = config.hidden
         layers += [nn.Linear(width, act_dim), nn.Tanh()]
         self.net = nn.Sequential(*layers)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowrl.layers.dropout import Dropout
 from flowrl.ops import FlowState, flow_attention
 
 __all__ = ["FlowAttention", "SoftmaxAttention", "KVCache"]
@@ -38,13 +39,15 @@ class _MultiHead(nn.Module):
         self.key_projection = nn.Linear(dim, dim, bias=bias)
         self.value_projection = nn.Linear(dim, dim, bias=bias)
         self.out_projection = nn.Linear(dim, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _split(self, x: Tensor, proj: nn.Linear) -> Tensor:
         B, L, _ = x.shape
         return proj(x).view(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, dim/H)
 
-    def _merge(self, y: Tensor) -> Tensor:
+    def _merge(self, y: Tensor, select: slice | Tensor | None = None) -> Tensor:
+        if select is not None:  # drop unwanted query positions before the output projection
+            y = y[:, :, select] if isinstance(select, slice) else y.index_select(2, select)
         B, H, L, Dh = y.shape
         return self.dropout(self.out_projection(y.transpose(1, 2).reshape(B, L, H * Dh)))
 
@@ -112,8 +115,12 @@ class FlowAttention(_MultiHead):
         context_padding_mask: Tensor | None = None,
         state: FlowState | None = None,
         return_state: bool = False,
+        select: slice | Tensor | None = None,
     ):
-        """x [B, L, dim]; context [B, S, dim] for cross-attention (default: x). Masks are bool, True = pad."""
+        """x [B, L, dim]; context [B, S, dim] for cross-attention (default: x). Masks are bool, True = pad.
+
+        ``select`` (slice or 1-d index tensor over L) returns only those query positions (see ``Block``).
+        """
         q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
         if self.causal:
             out = flow_attention(
@@ -133,7 +140,7 @@ class FlowAttention(_MultiHead):
                 q, k, v, eps=self.eps, clamp=self.clamp, key_padding_mask=kpm, query_padding_mask=padding_mask
             )
             new_state = None
-        y = self._merge(y)
+        y = self._merge(y, select)
         return (y, new_state) if return_state else y
 
 
@@ -152,6 +159,7 @@ class SoftmaxAttention(_MultiHead):
         context_padding_mask: Tensor | None = None,
         state: KVCache | None = None,
         return_state: bool = False,
+        select: slice | Tensor | None = None,
     ):
         q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
         new_state = None
@@ -177,5 +185,5 @@ class SoftmaxAttention(_MultiHead):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             if padding_mask is not None:
                 y = y * (~padding_mask)[:, None, :, None].to(y.dtype)
-        y = self._merge(y)
+        y = self._merge(y, select)
         return (y, new_state) if return_state else y

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from flowrl.layers.attention import FlowAttention, SoftmaxAttention
+from flowrl.layers.dropout import Dropout
 
 __all__ = ["MLP", "Block", "ATTENTIONS"]
 
@@ -20,7 +21,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(dim, hidden)
         self.act = ACTIVATIONS[activation]()
         self.proj = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.proj(self.act(self.fc(x))))
@@ -53,13 +54,33 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(round(dim * mlp_ratio)), activation, dropout)
 
-    def forward(self, x: Tensor, *, padding_mask: Tensor | None = None, state=None, return_state: bool = False):
-        """x [B, L, dim] -> [B, L, dim] (and the attention state when ``return_state``)."""
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        padding_mask: Tensor | None = None,
+        state=None,
+        return_state: bool = False,
+        select: slice | Tensor | None = None,
+    ):
+        """x [B, L, dim] -> [B, L, dim] (and the attention state when ``return_state``).
+
+        ``select`` (a slice or a 1-d index tensor over L) keeps only those output positions: every position
+        still enters attention as a key and value, but the output projection and MLP run on the kept ones
+        alone, so ``block(x, select=s) == block(x)[:, s]`` at a fraction of the cost.
+        """
         h = self.norm1(x)
         if return_state:
-            a, new_state = self.attn(h, state=state, return_state=True)
+            a, new_state = self.attn(h, state=state, return_state=True, select=select)
         else:
-            a, new_state = self.attn(h, padding_mask=padding_mask, state=state), None
-        x = x + a
+            a, new_state = self.attn(h, padding_mask=padding_mask, state=state, select=select), None
+        x = _select(x, select) + a
         x = x + self.mlp(self.norm2(x))
         return (x, new_state) if return_state else x
+
+
+def _select(x: Tensor, select: slice | Tensor | None) -> Tensor:
+    """Positions ``select`` of x [B, L, ...] along L."""
+    if select is None:
+        return x
+    return x[:, select] if isinstance(select, slice) else x.index_select(1, select)

@@ -47,8 +47,14 @@ class Flowformer(nn.Module):
         padding_mask: Tensor | None = None,
         state: list | None = None,
         return_state: bool = False,
+        select: slice | Tensor | None = None,
     ):
-        """x [B, L, dim]; padding_mask [B, L] bool (True = pad, non-causal only)."""
+        """x [B, L, dim]; padding_mask [B, L] bool (True = pad, non-causal only).
+
+        ``select`` (a slice or 1-d index tensor over L): return only these positions, ``[B, L', dim]``.
+        Equal to ``forward(x)[:, select]``, but the last block's output projection and MLP (and the final
+        norm) run on the selected positions only -- a Decision Transformer reads one token in three.
+        """
         if x.dim() != 3 or x.shape[-1] != self.config.dim:
             raise ValueError(f"Flowformer: x has shape {tuple(x.shape)}, expected [B, L, {self.config.dim}]")
         if padding_mask is not None and (return_state or self.config.causal):
@@ -56,12 +62,16 @@ class Flowformer(nn.Module):
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"Flowformer: state has {len(state)} layers, expected {len(self.blocks)}")
         new_states = []
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             layer_state = None if state is None else state[i]
+            keep = select if i == last else None
             if return_state:
-                x, s = block(x, state=layer_state, return_state=True)
+                x, s = block(x, state=layer_state, return_state=True, select=keep)
                 new_states.append(s)
             else:
-                x = block(x, padding_mask=padding_mask, state=layer_state)
+                x = block(x, padding_mask=padding_mask, state=layer_state, select=keep)
+        if not self.blocks and select is not None:
+            x = x[:, select] if isinstance(select, slice) else x.index_select(1, select)
         x = self.norm(x)
         return (x, new_states) if return_state else x

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from flowrl.agents import BCConfig, DecisionTransformerConfig, TrainConfig, fit, make_agent
 from flowrl.envs import evaluate
 

@@ -8,7 +8,14 @@ import sys
 import pytest
 import torch
 
-from flowrl.layers import FlowAttention, LearnedPositionEmbedding, SinusoidalPositionEmbedding, SoftmaxAttention
+from flowrl.layers import (
+    Dropout,
+    FlowAttention,
+    LearnedPositionEmbedding,
+    SinusoidalPositionEmbedding,
+    SoftmaxAttention,
+)
+from flowrl.layers.dropout import keep_mask
 from flowrl.models import Flowformer, FlowformerConfig
 from flowrl.ops.naive import flow_attention_naive
 
@@ -44,6 +51,52 @@ def test_trunk_incremental_state_equals_full_pass(attention):
         y, state = model(x[:, t : t + 1], state=state, return_state=True)
         ys.append(y)
     torch.testing.assert_close(torch.cat(ys, dim=1), full)
+
+
+@pytest.mark.parametrize("attention", ["flow", "softmax"])
+@pytest.mark.parametrize("select", [slice(1, None, 3), slice(-1, None), "index"], ids=["every3", "last", "index"])
+def test_trunk_select_equals_full_pass_then_slice(attention, select):
+    torch.manual_seed(0)
+    cfg = FlowformerConfig(dim=16, depth=3, heads=2, attention=attention, causal=True, dropout=0.0)
+    model = Flowformer(cfg).double().eval()
+    x = torch.randn(2, 23, 16, dtype=torch.float64, requires_grad=True)
+    sel = torch.tensor([0, 4, 5, 22]) if select == "index" else select
+    full = model(x)
+    want = full[:, sel] if isinstance(sel, slice) else full.index_select(1, sel)
+    got = model(x, select=sel)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    (gx_want,) = torch.autograd.grad(want, x, g)
+    (gx_got,) = torch.autograd.grad(got, x, g)
+    torch.testing.assert_close(gx_got, gx_want)
+    # with a carried state, select applies to the new tokens only
+    _, state = model(x[:, :10], return_state=True)
+    tail, _ = model(x[:, 10:], state=state, return_state=True, select=slice(-1, None))
+    torch.testing.assert_close(tail[:, 0], full[:, -1])
+
+
+def test_dropout_rate_scale_and_reproducibility():
+    x = torch.ones(64, 60, 128, requires_grad=True)
+    drop = Dropout(0.1)
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.003  # 491,520 draws: std of the rate ~4e-4
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, y.detach())  # d(x * mask * scale)/dx = mask * scale
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # a fresh mask on the next call
+    drop.eval()
+    assert drop(x) is x
+    assert Dropout(0.0)(x) is x
+    assert drop(x.detach().bfloat16()).dtype == torch.bfloat16
+    # the mask's 16-bit words are uniform: every rate is hit, not only multiples of 1/4
+    for p in (0.01, 0.25, 0.5, 0.9):
+        assert abs(1 - keep_mask((200_000,), p).float().mean().item() - p) < 0.005
+    with pytest.raises(ValueError, match="p must be in"):
+        Dropout(1.0)
 
 
 @pytest.mark.parametrize("attention", ["flow", "softmax"])
