@@ -170,11 +170,16 @@ class DTAgent(Agent):
         err = (pred.float() - actions).square().mean(-1)  # (B, K)
         return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
-    def make_policy(self, *, recurrent: bool | None = None):
-        """A stateful rollout policy; ``recurrent`` (default: flow attention) uses the O(1) recurrent state."""
+    def make_policy(self, *, rollout: str = "window", restart_every: int | None = None):
+        """A stateful rollout policy for N environments (:class:`flowrl.agents.DTPolicy`).
+
+        ``rollout``: ``"window"`` (the last K steps, as trained; default), ``"staggered"`` (flow attention:
+        recurrent states restarted every ``restart_every`` steps, a window of K-s+1..K steps, several times
+        cheaper) or ``"episode"`` (flow attention: one recurrent state over the whole episode).
+        """
         from flowrl.agents.policy import DTPolicy
 
-        return DTPolicy(self, recurrent=recurrent)
+        return DTPolicy(self, rollout=rollout, restart_every=restart_every)
 
     @torch.no_grad()
     def act(self, states, returns_to_go, actions=None, timesteps=None) -> np.ndarray:

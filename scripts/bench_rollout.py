@@ -2,10 +2,13 @@
 
 Both sides roll out a Decision Transformer of the same size (default K=20, dim 128, 3 layers, 1 head):
 
-- ``flow``         flowrl flow-DT through :func:`flowrl.envs.evaluate`: ``--num-envs`` environments stepped
-                   together, one batched forward per step, the O(1)-per-token recurrent Flow-Attention state
-- ``flow-window``  the same policy recomputing its K-step window every step (no recurrent state)
-- ``softmax``      flowrl softmax-DT through the same vectorized evaluation (window recomputed)
+- ``flow``            flowrl flow-DT through :func:`flowrl.envs.evaluate` with the default ``window`` rollout
+                      (the last K steps, as trained): ``--num-envs`` environments stepped together, one
+                      batched forward per step; the recurrent state serves the first K steps of an episode
+- ``flow-staggered``  the same agent with ``rollout="staggered"``: recurrent states restarted every
+                      ``--restart-every`` steps (default K/2), 3 new tokens per state and step
+- ``flow-episode``    the same agent with ``rollout="episode"``: one recurrent state over the whole episode
+- ``softmax``         flowrl softmax-DT through the same vectorized evaluation (window recomputed)
 - ``d3rlpy``       d3rlpy 2.8.1's ``evaluate_transformer_with_environment``: one environment, episodes one
                    after another, a ``StatefulTransformerWrapper`` forward per step (in its own virtual env)
 
@@ -38,12 +41,14 @@ from flowrl.scripts.bench_train import (
 
 HELP = "wall-clock of 10 Hopper episodes: flowrl vectorized evaluation vs d3rlpy's sequential evaluation"
 
-VARIANTS = ("flow", "flow-window", "softmax", "d3rlpy")
+VARIANTS = ("flow", "flow-staggered", "flow-episode", "softmax", "d3rlpy")
+ROLLOUT = {"flow": "window", "flow-staggered": "staggered", "flow-episode": "episode", "softmax": "window"}
 # gymnasium MuJoCo tasks whose episodes end early on an "unhealthy" state (HalfCheetah never does)
 UNHEALTHY_TERMINATION = frozenset({"hopper", "walker2d", "ant", "humanoid"})
 LABELS = {
-    "flow": "flowrl flow-DT (recurrent)",
-    "flow-window": "flowrl flow-DT (window)",
+    "flow": "flowrl flow-DT (window)",
+    "flow-staggered": "flowrl flow-DT (staggered)",
+    "flow-episode": "flowrl flow-DT (episode)",
     "softmax": "flowrl softmax-DT",
     "d3rlpy": "d3rlpy DT 2.8.1",
 }
@@ -77,8 +82,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--flowrl-checkpoint",
         default=None,
-        help="a trained flowrl agent (checkpoint or run folder) for flow/flow-window/softmax; its "
+        help="a trained flowrl agent (checkpoint or run folder) for the flow and softmax rows; its "
         "attention must match the variant",
+    )
+    p.add_argument(
+        "--restart-every",
+        type=positive_int,
+        default=None,
+        help="flow-staggered: restart a recurrent state every this many steps (default: half the context)",
     )
     p.add_argument("--d3rlpy-model", default=None, help="a trained d3rlpy .d3 model for the d3rlpy row")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for every variant (0: torch's default)")
@@ -203,7 +214,8 @@ def _make_policy(variant: str, spec, args):
             attention=attention,
         )
         agent = make_agent(cfg, obs_dim, act_dim, seed=args.seed, env_name=spec.name)
-    return agent.make_policy(recurrent=variant == "flow")
+    every = args.restart_every if variant == "flow-staggered" else None
+    return agent.make_policy(rollout=ROLLOUT[variant], restart_every=every)
 
 
 def _flowrl_rollout(policy, spec, target: float, env_kwargs: dict, args) -> tuple[float, list[int], list[float]]:

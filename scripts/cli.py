@@ -51,6 +51,9 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from flowrl.runtime import tune_allocator
+
+    tune_allocator()  # fewer page faults in the per-step tensor churn (see flowrl.runtime)
     try:
         code = args.run(args)
     except KeyboardInterrupt:

@@ -20,12 +20,14 @@ The maths, per batch and head, with q_t = σ(Q_t), k_t = σ(K_t), t the 1-based 
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["FlowState", "flow_attention", "causal_linear_attention"]
+__all__ = ["FlowState", "flow_attention", "causal_linear_attention", "state_updates_in_place"]
 
 DEFAULT_CHUNK = 64
 MAX_CLAMP = 50.0  # exp(50)·2^31 tokens still fits float32: the competition sums never overflow
@@ -75,6 +77,23 @@ class FlowState(NamedTuple):
         return FlowState(*(x.detach() for x in self))
 
 
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def state_updates_in_place() -> Iterator[None]:
+    """Within this block, inference-mode causal calls that continue a :class:`FlowState` in one chunk (a
+    decoding or rollout step) add to the state's D×M matrix in place and return it in the new state, so the
+    old state object must not be used again. Saves a copy of [B, H, D, M] per call and layer (0.24 ms of a
+    7 ms DT rollout step at B=20, D=M=128 on the 2-core CPU). Calls that need gradients are unaffected."""
+    before = getattr(_LOCAL, "inplace", False)
+    _LOCAL.inplace = True
+    try:
+        yield
+    finally:
+        _LOCAL.inplace = before
+
+
 def _shape_error(what: str, got, expected: str) -> ValueError:
     return ValueError(f"flow_attention: {what} has shape {tuple(got)}, expected {expected}")
 
@@ -94,11 +113,11 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
 
 
 def _check_state(state: FlowState, B: int, H: int, D: int, M: int) -> None:
-    expected = FlowState.zeros(B, H, D, M, device="meta")
+    expected = ((B,), (B, H, D), (B, H, D), (B, H, D), (B, H, D), (B, H), (B, H, D, M))  # FlowState's fields
     for name, got, want in zip(FlowState._fields, state, expected):
-        if tuple(got.shape) != tuple(want.shape):
+        if tuple(got.shape) != want:
             raise ValueError(
-                f"flow_attention: state.{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)} "
+                f"flow_attention: state.{name} has shape {tuple(got.shape)}, expected {want} "
                 f"for q [B={B}, H={H}, L, D={D}] and v [.., M={M}]; was the state made for another shape?"
             )
 
@@ -433,8 +452,26 @@ def _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, need_state, sa
         h = (lp[1] @ lp[2]).to(work)
     else:
         h = Sl @ vpc  # (B, H, N, C, M)
-    KV0 = None
-    if cross:
+    KV0 = kv_end = None
+    if cross and N == 1 and not save:
+        # One chunk continuing a state (incremental decoding, rollouts): the state *is* the prefix entering
+        # the chunk, so read it in place and write the new state with one fused product, instead of the
+        # general path's copy/zero/add passes over [B, H, D, M] (~4x faster for a DT rollout step).
+        kc_t = (lp[0][1] if lp is not None else kc).reshape(B * H, C, D).transpose(-1, -2)
+        vv = (lp[2] if lp is not None else vpc).reshape(B * H, C, M)
+        if st is not None:
+            kv_prev = st[5].reshape(B * H, D, M)
+            if lp is None:
+                h.view(-1, C, M).baddbmm_(qc.reshape(-1, C, D), kv_prev)
+            else:
+                h += (lp[0][0].view(B, H, N, C, D) @ kv_prev.to(lowp).view(B, H, 1, D, M)).to(work)
+            if need_state and getattr(_LOCAL, "inplace", False):
+                kv_end = kv_prev.baddbmm_(kc_t.to(work), vv.to(work)).view(B, H, D, M)
+            elif need_state:
+                kv_end = torch.baddbmm(kv_prev, kc_t.to(work), vv.to(work)).view(B, H, D, M)
+        elif need_state:
+            kv_end = (kc_t @ vv).to(work).view(B, H, D, M)
+    elif cross:
         if lp is None:
             kvsum = kc.transpose(-1, -2) @ vpc  # (B, H, N, D, M)
         else:
@@ -461,7 +498,7 @@ def _fast_causal_forward(Q, K, V, eps, clamp, state, chunk, work, need_state, sa
             p_end[0] + (st[2] if st is not None else 0),
             p_end[1] + (st[3] if st is not None else 0),
             Z[..., L - 1],
-            kv_end + (st[5] if st is not None else 0),
+            kv_end if N == 1 and not save else kv_end + (st[5] if st is not None else 0),
         )
     saved = None
     if save:
@@ -744,7 +781,12 @@ def _recurrent_step(Q, K, V, eps, clamp, state: FlowState, work):
     e = torch.exp(source)
     z = state.z.to(work).unsqueeze(-1) + e
     comp = t * e / z
-    kv = torch.matmul(k.transpose(-1, -2), v * comp.unsqueeze(-1)).add_(state.kv.to(work))  # (B, H, D, M)
+    kt, vc = k.transpose(-1, -2), v * comp.unsqueeze(-1)
+    if getattr(_LOCAL, "inplace", False):
+        kv = state.kv.to(work)
+        kv.view(-1, *kv.shape[-2:]).baddbmm_(kt.reshape(-1, *kt.shape[-2:]), vc.reshape(-1, *vc.shape[-2:]))
+    else:
+        kv = torch.matmul(kt, vc).add_(state.kv.to(work))  # (B, H, D, M)
     y = (q @ kv).mul_((torch.sigmoid(sink) / dI).unsqueeze(-1))
     new_state = FlowState(
         state.t + 1, k_sum.squeeze(2), q_sum.squeeze(2), sink_sum.squeeze(2), source_sum.squeeze(2), z.squeeze(-1), kv

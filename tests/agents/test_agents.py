@@ -139,36 +139,64 @@ def test_action_at_t_does_not_depend_on_later_tokens(attention):
     assert (model(s3, a, r, ts)[:, 3] - base[:, 3]).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("attention", ["flow", "softmax"])
-def test_stateful_policy_equals_recomputing_each_window(attention):
+ROLLOUT_CASES = [
+    ("softmax", "window", None),
+    ("flow", "window", None),
+    ("flow", "staggered", 1),  # restart every step: the window, exactly
+    ("flow", "staggered", 2),
+    ("flow", "staggered", 3),  # does not divide K=5: the acting state is not always the oldest one
+    ("flow", "staggered", 5),
+    ("flow", "episode", None),
+]
+
+
+def _forward_last(agent, states, actions, rtg, timesteps) -> np.ndarray:
+    """One plain forward over a whole history (no K truncation, unlike agent.act): the last action."""
+    t = lambda x, dtype=torch.float64: torch.as_tensor(np.asarray(x), dtype=dtype)[None]  # noqa: E731
+    acts = np.stack(actions)
+    acts[-1] = 0.0
+    m = agent.model.eval()
+    with torch.no_grad():
+        s = m.normalizer(t(np.stack(states)))
+        pred = m(s, t(acts), t(np.asarray(rtg)[:, None] * agent.config.reward_scale), t(timesteps, torch.long))
+    return pred[0, -1].numpy()
+
+
+def _acting_start(rollout: str, every: int | None, t: int, K: int) -> int:
+    """First step of the history the policy's action at episode step t should be computed from."""
+    if rollout == "episode":
+        return 0
+    every = every or 1
+    return every * -(-max(0, t - K + 1) // every)  # the oldest restart at most K steps back
+
+
+@pytest.mark.parametrize("attention,rollout,every", ROLLOUT_CASES, ids=[f"{a}-{r}-{e}" for a, r, e in ROLLOUT_CASES])
+def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, every):
     torch.manual_seed(0)
-    cfg = DecisionTransformerConfig(context=5, dim=16, depth=2, heads=2, attention=attention, dropout=0.0)
+    K = 5
+    cfg = DecisionTransformerConfig(context=K, dim=16, depth=2, heads=2, attention=attention, dropout=0.0)
     agent = make_agent(cfg, 4, 2)
     agent.model.double()
     agent.model.normalizer.set(np.full(4, 0.5), np.full(4, 2.0))
-    policies = [agent.make_policy()]
-    if attention == "flow":
-        policies.append(agent.make_policy(recurrent=False))
-        assert policies[0].recurrent
-    n, steps = 3, 17
+    policy = agent.make_policy(rollout=rollout, restart_every=every)
+    n, steps = 3, 23
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(steps, n, 4)).astype(np.float32)
     rew = rng.normal(size=(steps, n)).astype(np.float32)
     resets = {6: np.array([False, True, False]), 11: np.array([True, False, False])}
-    actions = []
-    for policy in policies:
-        policy.reset(np.ones(n, bool), target_return=30.0)
-        out = []
-        last_r = np.zeros(n, np.float32)
-        for t in range(steps):
-            if t in resets:
-                policy.reset(resets[t], target_return=30.0)
-                last_r = np.where(resets[t], 0.0, last_r).astype(np.float32)
-            out.append(policy.act(obs[t], last_r))
-            last_r = rew[t]
-        actions.append(np.stack(out))
-    # from scratch: rebuild each env's episode history and ask agent.act for the last action
-    expected = np.zeros_like(actions[0])
+    policy.reset(np.ones(n, bool), target_return=30.0)
+    got = []
+    last_r = np.zeros(n, np.float32)
+    for t in range(steps):
+        if t in resets:
+            policy.reset(resets[t], target_return=30.0)
+            last_r = np.where(resets[t], 0.0, last_r).astype(np.float32)
+        got.append(policy.act(obs[t], last_r))
+        last_r = rew[t]
+    got = np.stack(got)
+    # from scratch: rebuild each env's episode history and ask agent.act for the action of its last step,
+    # given the part of the history the rollout mode shows the model
+    expected = np.zeros_like(got)
     for e in range(n):
         start, hist_s, hist_a, hist_r, ret = 0, [], [], [], 30.0
         for t in range(steps):
@@ -179,11 +207,44 @@ def test_stateful_policy_equals_recomputing_each_window(attention):
             hist_s.append(obs[t, e])
             hist_r.append(ret)
             hist_a.append(np.zeros(2, np.float32))
-            a = agent.act(np.stack(hist_s), np.array(hist_r), np.stack(hist_a), np.arange(len(hist_s)))
+            first = _acting_start(rollout, every, len(hist_s) - 1, K)
+            sl = slice(first, None)
+            a = _forward_last(agent, hist_s[sl], hist_a[sl], hist_r[sl], np.arange(len(hist_s))[sl])
             hist_a[-1] = a
             expected[t, e] = a
-    for got in actions:
-        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_rollout_modes_differ_once_the_window_slides():
+    """Staggered and episode rollouts are real approximations after K steps (and equal before)."""
+    torch.manual_seed(0)
+    cfg = DecisionTransformerConfig(context=4, dim=16, depth=2, heads=2, dropout=0.0)
+    agent = make_agent(cfg, 3, 2)
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(12, 2, 3)).astype(np.float32)
+    runs = {}
+    for mode in ("window", "staggered", "episode"):
+        policy = agent.make_policy(rollout=mode)
+        policy.reset(np.ones(2, bool), target_return=10.0)
+        runs[mode] = np.stack([policy.act(o, np.ones(2, np.float32)) for o in obs])
+    for mode in ("staggered", "episode"):
+        np.testing.assert_allclose(runs[mode][:4], runs["window"][:4], rtol=1e-5, atol=1e-6)
+        assert np.abs(runs[mode][4:] - runs["window"][4:]).max() > 1e-4
+
+
+def test_rollout_mode_errors():
+    flow = make_agent(DecisionTransformerConfig(context=6, dim=16, heads=2), 3, 2)
+    soft = make_agent(DecisionTransformerConfig(context=6, dim=16, heads=2, attention="softmax"), 3, 2)
+    with pytest.raises(ValueError, match="unknown rollout 'fast'"):
+        flow.make_policy(rollout="fast")
+    with pytest.raises(ValueError, match="needs attention='flow'"):
+        soft.make_policy(rollout="staggered")
+    with pytest.raises(ValueError, match=r"restart_every must be in \[1, context=6\], got 7"):
+        flow.make_policy(rollout="staggered", restart_every=7)
+    with pytest.raises(ValueError, match="restart_every is for rollout='staggered'"):
+        flow.make_policy(restart_every=2)
+    policy = flow.make_policy(rollout="staggered")
+    assert (policy.restart_every, policy.slots) == (3, 2)
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowrl.ops import FlowState, flow_attention
+from flowrl.ops import FlowState, flow_attention, state_updates_in_place
 from flowrl.ops.naive import flow_attention_causal_materialized, flow_attention_naive
 
 # (B, H, L, D, M, chunk): lengths that fill and that do not fill the last chunk, D != M
@@ -111,6 +111,27 @@ def test_state_one_token_at_a_time_and_final_state():
     for a, b in zip(s, s_full):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert s.kv.shape == (3, 2, 8, 6) and s.t.tolist() == [70, 70, 70]  # O(D·M) state, constant in L
+
+
+@pytest.mark.parametrize("step", [1, 3], ids=["one-token", "three-tokens"])
+def test_state_updates_in_place_give_the_same_outputs_and_consume_the_old_state(step):
+    q, k, v = _qkv(2, 2, 30, 8, 6)
+    full, s_full = flow_attention(q, k, v, causal=True, return_state=True)
+    _, s = flow_attention(q[:, :, :6], k[:, :, :6], v[:, :, :6], causal=True, return_state=True)
+    ys, kv_storage = [], s.kv.data_ptr()
+    with torch.no_grad(), state_updates_in_place():
+        for t in range(6, 30, step):
+            sl = slice(t, t + step)
+            y, s = flow_attention(q[:, :, sl], k[:, :, sl], v[:, :, sl], causal=True, state=s, return_state=True)
+            ys.append(y)
+    assert s.kv.data_ptr() == kv_storage  # one D×M buffer all along
+    torch.testing.assert_close(torch.cat(ys, dim=2), full[:, :, 6:], rtol=1e-10, atol=1e-10)
+    for a, b in zip(s, s_full):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # outside the block, states are values again: continuing does not touch the given state
+    before = s.kv.clone()
+    flow_attention(q[:, :, :1], k[:, :, :1], v[:, :, :1], causal=True, state=s, return_state=True)
+    assert torch.equal(s.kv, before)
 
 
 def test_state_rows_reset_independently():

@@ -186,13 +186,13 @@ def test_bench_rollout_runs_flowrl_vectorized_and_the_peer(tmp_path, fake_peer, 
     argv = ["--episodes", "3", "--num-envs", "2", "--max-episode-steps", "30", "--json", str(out), *TINY]
     assert bench_rollout.run(_parse(bench_rollout, argv)) == 0
     table = capsys.readouterr().out
-    assert "speed-up vs d3rlpy" in table and "flowrl flow-DT (recurrent)" in table
+    assert "speed-up vs d3rlpy" in table and "flowrl flow-DT (staggered)" in table
     ((sub, kw),) = fake_peer
     assert sub == "rollout-speed" and kw["env"] == "Hopper-v5" and kw["episodes"] == 3
     assert kw["target_return"] == 3600.0 and kw["full_length"] is True and kw["model"] is None
     assert kw["max_episode_steps"] == 30 and kw["threads"] == 1
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
-    for v in ("flow", "flow-window", "softmax"):
+    for v in ("flow", "flow-staggered", "flow-episode", "softmax"):
         # full length: no untrained hopper falls over early, every episode runs to the limit
         assert len(rows[v]["returns"]) == 3 and rows[v]["env_steps"] == 90
     assert all(len(r["seconds"]) == 1 for r in rows.values())
