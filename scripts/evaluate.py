@@ -30,6 +30,20 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=10_000, help="episode i starts from reset(seed=SEED+i)")
     p.add_argument("--max-episode-steps", type=positive_int, default=None, help="cap episode length")
     p.add_argument("--video", default=None, metavar="FILE", help="record episode 0 to FILE (.mp4 or .gif)")
+    p.add_argument(
+        "--rollout",
+        choices=("window", "staggered", "episode"),
+        default="window",
+        help="DT context at each step: window (the last K steps, as trained; default), staggered (flow: "
+        "recurrent states restarted every --restart-every steps, a window of K-s+1..K steps, several times "
+        "faster) or episode (flow: one recurrent state over the whole episode)",
+    )
+    p.add_argument(
+        "--restart-every",
+        type=positive_int,
+        default=None,
+        help="--rollout staggered: restart a recurrent state every this many steps (default: half the context)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -54,8 +68,13 @@ def run(args) -> int:
         targets = args.target_return or list(get_spec(env).target_returns or agent.dataset_targets())
     elif args.target_return:
         raise UsageError("--target-return applies to Decision Transformers, not to BC")
+    if agent.algo != "dt" and (args.rollout != "window" or args.restart_every):
+        raise UsageError("--rollout/--restart-every apply to Decision Transformers, not to BC")
+    if args.restart_every and args.rollout != "staggered":
+        raise UsageError("--restart-every needs --rollout staggered")
+    policy = agent.make_policy(rollout=args.rollout, restart_every=args.restart_every) if agent.algo == "dt" else None
     results = evaluate(
-        agent.make_policy(),
+        policy or agent.make_policy(),
         env,
         episodes=args.episodes,
         num_envs=args.num_envs,

@@ -122,6 +122,10 @@ def test_train_then_evaluate_and_resume(trained_run, hopper_npz):
     assert res.returncode == 0, res.stderr
     rows = json.loads((trained_run / "eval.json").read_text())
     assert rows[0]["target_return"] == 1000 and rows[0]["episodes"] == 2 and rows[0]["normalized_mean"] is not None
+    short = ["--episodes", "2", "--num-envs", "2", "--max-episode-steps", "8", "--quiet"]
+    res = flowrl("evaluate", str(trained_run), "--rollout", "staggered", "--restart-every", "2", *short)
+    assert res.returncode == 0, res.stderr
+    assert "normalized" in res.stdout
     res = flowrl("train", "--out", str(trained_run), "--resume", "--steps", "6", "--quiet", "--eval-episodes", "0")
     assert res.returncode == 0, res.stderr
     assert (trained_run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
@@ -180,6 +184,8 @@ def test_bad_input_exit_code_2_one_line_nothing_overwritten(trained_run, hopper_
         "existing run": ["train", "--dataset", str(hopper_npz), "--out", str(trained_run)],
         "corrupt checkpoint": ["evaluate", str(_corrupt_checkpoint(trained_run, tmp_path))],
         "missing checkpoint": ["evaluate", str(tmp_path / "nothing")],
+        "restart without staggered": ["evaluate", str(trained_run), "--restart-every", "2"],
+        "restart beyond context": ["evaluate", str(trained_run), "--rollout", "staggered", "--restart-every", "999"],
         "unknown command": ["fly"],
     }
     for name, args in cases.items():
