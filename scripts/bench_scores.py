@@ -5,6 +5,9 @@ evaluated in the dataset's environment:
 
 - ``flow-dt``     flowrl's Decision Transformer with causal Flow-Attention
 - ``softmax-dt``  flowrl's Decision Transformer with softmax attention (the original DT)
+- ``flow-dt-staggered``  the same trained flow-DT (no second training run) evaluated with the ``staggered``
+                  rollout (recurrent states restarted every K/2 steps: a window of K/2+1..K steps, several
+                  times cheaper per step), to show whether the fast rollout keeps the score
 - ``bc``          flowrl's behaviour-cloning MLP (``BCConfig`` defaults: 2x256, batch 256 transitions)
 - ``d3rlpy``      d3rlpy 2.8.1's ``DecisionTransformer`` through its runner's ``scores`` command, in its own
                   virtual environment (see ``flowrl.scripts.peers``); left out with a warning if that
@@ -48,8 +51,15 @@ from flowrl.scripts.bench_train import (
 
 HELP = "D4RL-normalized scores: flow-DT, softmax-DT, BC and d3rlpy's DT on the shared datasets, same step budget"
 
-ALGOS = ("flow-dt", "softmax-dt", "bc", "d3rlpy")
-LABELS = {"flow-dt": "flowrl flow-DT", "softmax-dt": "flowrl softmax-DT", "bc": "flowrl BC", "d3rlpy": "d3rlpy DT"}
+ALGOS = ("flow-dt", "flow-dt-staggered", "softmax-dt", "bc", "d3rlpy")
+DEFAULT_ALGOS = ("flow-dt", "softmax-dt", "bc", "d3rlpy")
+LABELS = {
+    "flow-dt": "flowrl flow-DT",
+    "flow-dt-staggered": "flowrl flow-DT (staggered rollout)",
+    "softmax-dt": "flowrl softmax-DT",
+    "bc": "flowrl BC",
+    "d3rlpy": "d3rlpy DT",
+}
 DT_WARMUP = 10_000
 """The Decision Transformer recipe's warmup steps (flowrl's and d3rlpy's default)."""
 DEFAULT_NAMES = ("hopper-medium", "hopper-medium-replay", "halfcheetah-medium")
@@ -71,8 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--algos",
         type=subset_of(ALGOS, "algo"),
-        default=list(ALGOS),
-        help=f"comma-separated subset of: {', '.join(ALGOS)}",
+        default=list(DEFAULT_ALGOS),
+        help=f"comma-separated subset of: {', '.join(ALGOS)} (default: {','.join(DEFAULT_ALGOS)})",
     )
     p.add_argument(
         "--steps", type=positive_int, default=100_000, help="update steps for every algorithm (default %(default)s)"
@@ -108,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{path}: {spec.gym_id} has no D4RL target returns or reference scores")
         datasets.append({"path": str(path), "name": dataset_name(path), "data": ds, "spec": spec})
 
+    if "flow-dt-staggered" in args.algos and "flow-dt" not in args.algos:
+        raise ValueError("--algos: flow-dt-staggered evaluates the flow-dt runs again; add flow-dt")
     args.algos = require_peer(args.algos)
     if not args.algos:
         print("flowrl bench scores: nothing left to run", file=sys.stderr)
@@ -156,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         f"{args.steps} steps each (DT warmup {warmup}), {args.eval_episodes} eval episodes; {model_text(args)}",
         file=sys.stderr,
     )
-    total = len(datasets) * len(args.algos) * args.seeds
+    trained = [a for a in args.algos if a != "flow-dt-staggered"]
+    total = len(datasets) * len(trained) * args.seeds
     with ExitStack() as stack:
         root = Path(args.out) if args.out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flowrl-")))
         root = root.absolute()  # the d3rlpy runner works in a folder of its own
@@ -166,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         k = 0
         for seed in range(args.seeds):
             for d in datasets:
-                for algo in args.algos:
+                for algo in trained:
                     k += 1
                     print(f"[{k}/{total}] {d['name']} {LABELS[algo]} seed {seed}: training", file=sys.stderr)
                     rec = _one_run(
@@ -179,8 +192,12 @@ def run(args: argparse.Namespace) -> int:
                         threads,
                         result["warmup_steps"],
                     )
+                    extra = rec.pop("staggered", None)
                     print(f"[{k}/{total}] {run_text(rec)}", file=sys.stderr)
                     result["runs"].append(rec)
+                    if extra is not None:
+                        print(f"[{k}/{total}] {run_text(extra)}", file=sys.stderr)
+                        result["runs"].append(extra)
                     if args.json:  # after every run, so that a long run stopped halfway keeps what it measured
                         _write_json(args.json, result)
     cells = summarize(result["runs"])
@@ -288,9 +305,17 @@ def _one_run(algo: str, d: dict, seed: int, run_dir: Path, hdf5: Path | None, ar
             return {**head, "error": str(e)}
     else:
         rec = _flowrl_run(algo, d["data"], d["spec"], seed, run_dir, args, warmup["dt"])
-    normalized = np.atleast_1d(normalized_score(d["spec"], rec["returns"])).tolist()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other jobs slow every run: keep their load
-    return {**head, **rec, "normalized": normalized, "score": float(np.mean(normalized)), "loadavg_1m": load}
+
+    def scored(rec: dict) -> dict:
+        normalized = np.atleast_1d(normalized_score(d["spec"], rec["returns"])).tolist()
+        return {**rec, "normalized": normalized, "score": float(np.mean(normalized)), "loadavg_1m": load}
+
+    out = scored({**head, **rec})
+    if "staggered" in rec:
+        out["staggered"] = scored({**head, **rec, **rec["staggered"], "algo": "flow-dt-staggered"})
+        out["staggered"].pop("staggered")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- flowrl side
@@ -332,7 +357,11 @@ def _flowrl_run(algo: str, ds, spec, seed: int, run_dir: Path, args, warmup: int
     )
     res = fit(agent, ds, tcfg, run_dir, progress=False)
     ev = res["eval"][0]
+    staggered = {}
+    if algo == "flow-dt" and "flow-dt-staggered" in args.algos:
+        staggered = {"staggered": _evaluate_staggered(agent, spec, args, tcfg)}
     return {
+        **staggered,
         "steps": res["train"]["steps"],
         "warmup_steps": cfg.warmup_steps,
         "train_seconds": res["train"]["seconds"],
@@ -341,6 +370,30 @@ def _flowrl_run(algo: str, ds, spec, seed: int, run_dir: Path, args, warmup: int
         "returns": ev["returns"],
         "lengths": ev["lengths"],
         "eval_seconds": ev["seconds"],
+    }
+
+
+def _evaluate_staggered(agent, spec, args, tcfg) -> dict:
+    """The trained flow-DT again, with the staggered rollout, on the same evaluation episodes."""
+    import time
+
+    from flowrl.envs import evaluate
+
+    t0 = time.perf_counter()
+    (ev,) = evaluate(
+        agent.make_policy(rollout="staggered"),
+        spec,
+        episodes=args.eval_episodes,
+        num_envs=args.num_envs,
+        seed=tcfg.eval_seed,
+        target_returns=(spec.target_returns[0],),
+        progress=False,
+    )
+    return {
+        "rollout": "staggered",
+        "returns": [float(x) for x in ev.returns],
+        "lengths": [int(x) for x in ev.lengths],
+        "eval_seconds": time.perf_counter() - t0,
     }
 
 

@@ -125,10 +125,12 @@ def test_cells_average_seeds_and_spread_over_seeds_or_the_one_seeds_episodes():
 def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, tiny_npz, fake_peer, capsys):
     out, runs_root = tmp_path / "scores.json", tmp_path / "runs"
     argv = ["--datasets", str(tiny_npz), "--steps", "3", "--seeds", "2", "--eval-episodes", "1", "--num-envs", "1"]
-    args = _parse([*argv, "--out", str(runs_root), "--json", str(out), *TINY])
+    algos = ["--algos", ",".join(bench_scores.ALGOS)]
+    args = _parse([*argv, *algos, "--out", str(runs_root), "--json", str(out), *TINY])
     assert bench_scores.run(args) == 0
     captured = capsys.readouterr()
-    assert "[8/8] tiny-hopper d3rlpy DT seed 1:" in captured.err  # progress per run
+    assert "[8/8] tiny-hopper d3rlpy DT seed 1:" in captured.err  # progress per trained run
+    assert "tiny-hopper flowrl flow-DT (staggered rollout) seed 1:" in captured.err  # no training of its own
 
     # d3rlpy: one call per seed, same budget, size, target and threads as flowrl's side
     assert [c[0] for c in fake_peer] == ["scores", "scores"]
@@ -158,6 +160,10 @@ def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, t
         np.testing.assert_allclose(r["normalized"], normalized_score("hopper", r["returns"]))
         assert r["score"] == pytest.approx(np.mean(r["normalized"]))
     assert runs[("bc", 0)]["target_return"] is None and runs[("flow-dt", 0)]["target_return"] == 3600.0
+    assert runs[("flow-dt-staggered", 0)]["rollout"] == "staggered"
+    assert runs[("flow-dt-staggered", 0)]["train_seconds"] == runs[("flow-dt", 0)]["train_seconds"]
+    with pytest.raises(ValueError, match="add flow-dt"):
+        bench_scores.run(_parse([*argv, "--algos", "flow-dt-staggered,bc", *TINY]))
 
     # flowrl's DTs: the same size, warmup steps//10, in run folders under --out
     for algo, attention in (("flow-dt", "flow"), ("softmax-dt", "softmax")):
@@ -177,7 +183,7 @@ def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, t
     assert cells["d3rlpy"]["mean"] == pytest.approx(np.mean(normalized_score("hopper", PEER_RETURNS)))
     assert cells["d3rlpy"]["std"] == 0.0
     row = next(line for line in captured.out.splitlines() if line.startswith("| tiny-hopper"))
-    assert row.count("(2 seeds)") == 4
+    assert row.count("(2 seeds)") == 5
     assert ("d3rlpy DT (warmup 10000)" in captured.out) != takes  # a mismatched warmup shows in the header
     assert all(r["loadavg_1m"] is None or r["loadavg_1m"] >= 0 for r in runs.values())
 
