@@ -87,7 +87,7 @@ def test_causality(t):
         assert (y2[:, :, t + 1 :] - y[:, :, t + 1 :]).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("split", [0, 1, 5, 64, 65, 130, 149, 150])
+@pytest.mark.parametrize("split", [0, 1, 5, 64, 65, 130, 134, 145, 148, 149, 150])  # 2-16 left: the short path
 def test_state_carry_split_anywhere(split):
     q, k, v = _qkv(2, 3, 150, 8, 5)
     full = flow_attention(q, k, v, causal=True, clamp=10.0)
