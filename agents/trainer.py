@@ -70,6 +70,8 @@ class TrainConfig(JsonConfig):
     """torch CPU threads (0: leave torch's default)."""
     eval_seed: int = 10_000
     """Evaluation episode i uses seed eval_seed + i (fixed across the run, so evaluations compare)."""
+    eval_rollout: str = "window"
+    """DT evaluation context: window (last K steps, as trained), staggered or episode (flow only, faster)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run (e.g. the dataset string)."""
 
@@ -84,6 +86,10 @@ class TrainConfig(JsonConfig):
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
+            (
+                self.eval_rollout in ("window", "staggered", "episode"),
+                f"eval_rollout must be window, staggered or episode, got {self.eval_rollout!r}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -165,6 +171,10 @@ class Trainer:
         self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_score": [], "eval_return": []}
         self.update_calls = 0
         self._writer = None
+        if config.eval_rollout != "window":  # fail now, not after training: e.g. staggered needs flow attention
+            if agent.algo != "dt":
+                raise ValueError(f"TrainConfig: eval_rollout={config.eval_rollout!r} is for Decision Transformers")
+            agent.make_policy(rollout=config.eval_rollout)
 
     # ------------------------------------------------------------------ one update
     def update(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,8 +298,9 @@ class Trainer:
         targets: tuple = (None,)
         if self.agent.algo == "dt":
             targets = self.config.target_returns or get_spec(env).target_returns or self.agent.dataset_targets()
+        policy = self.agent.make_policy(rollout=self.config.eval_rollout) if self.agent.algo == "dt" else None
         results = evaluate(
-            self.agent.make_policy(),
+            policy or self.agent.make_policy(),
             env,
             episodes=self.config.eval_episodes,
             num_envs=self.config.num_envs,

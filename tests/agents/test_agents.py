@@ -248,6 +248,23 @@ def test_rollout_mode_errors():
 
 
 # ---------------------------------------------------------------------------- bad input
+def test_training_evaluates_with_the_configured_rollout(tmp_path):
+    ds = toy_dataset(episodes=20)
+    cfg = DecisionTransformerConfig(context=4, dim=16, depth=1, heads=2, batch_size=8, warmup_steps=1)
+    agent = make_agent(cfg, ds.obs_dim, ds.act_dim, seed=0)
+    tcfg = TrainConfig(steps=2, eval_episodes=2, num_envs=2, target_returns=(5.0,), eval_rollout="staggered")
+    out = fit(agent, ds, tcfg, tmp_path / "run", progress=False)
+    assert len(out["eval"][0]["returns"]) == 2
+    with pytest.raises(ValueError, match="eval_rollout must be window, staggered or episode"):
+        TrainConfig(eval_rollout="fast")
+    soft = make_agent(DecisionTransformerConfig(context=4, dim=16, heads=2, attention="softmax"), 2, 1)
+    with pytest.raises(ValueError, match="needs attention='flow'"):
+        fit(soft, ds, TrainConfig(steps=1, eval_rollout="episode"), progress=False)
+    bc = make_agent(BCConfig(hidden=8), 2, 1)
+    with pytest.raises(ValueError, match="is for Decision Transformers"):
+        fit(bc, ds, TrainConfig(steps=1, eval_rollout="staggered"), progress=False)
+
+
 def test_bad_configs():
     with pytest.raises(ValueError, match="context K must be >= 1"):
         DecisionTransformerConfig(context=0)
