@@ -141,15 +141,18 @@ class DTPolicy:
             a._tensor(timesteps, torch.long),  # embed() clamps to max_timestep - 1
         )
 
-    def _run_rows(self, x: torch.Tensor, rows: np.ndarray | None) -> torch.Tensor:
-        """Feed tokens x [R, L, dim] to the recurrent states of ``rows`` (None: all rows, in order);
-        returns the trunk output at each row's last token, [R, dim]."""
+    def _run_rows(self, x: torch.Tensor, rows: np.ndarray | None, *, fresh: bool = False) -> torch.Tensor:
+        """Feed tokens x [R, L, dim] to the recurrent states of ``rows`` (None: all rows, in order; ``fresh``:
+        restart those states first); returns the trunk output at each row's last token, [R, dim]."""
         if rows is None:
             with state_updates_in_place():  # the policy owns its states: no copy of the D×M matrices
                 h, self.trunk_state = self.model.trunk(x, state=self.trunk_state, return_state=True, select=_LAST)
             return h[:, 0]
         idx = torch.as_tensor(rows, device=self.agent.device)
-        sub = [s.select(idx) for s in self.trunk_state]
+        if fresh:
+            sub = [FlowState(*(torch.zeros_like(f[: len(rows)]) for f in s)) for s in self.trunk_state]
+        else:
+            sub = [s.select(idx) for s in self.trunk_state]
         with state_updates_in_place():
             h, sub = self.model.trunk(x, state=sub, return_state=True, select=_LAST)
         for layer, new in zip(self.trunk_state, sub):
@@ -186,10 +189,8 @@ class DTPolicy:
 
         h = torch.empty(n * S, self.agent.config.dim, dtype=tok.dtype, device=tok.device)
         if len(rows_fresh):  # a restarted state reads [R̂_t, s_t] only: its window starts at step t
-            mask = torch.as_tensor(fresh, device=tok.device)
-            self.trunk_state = [s.reset(mask) for s in self.trunk_state]
             env_of = torch.as_tensor(rows_fresh // S, device=tok.device)
-            h[rows_fresh] = self._run_rows(tok[env_of, 1:], rows_fresh)
+            h[rows_fresh] = self._run_rows(tok[env_of, 1:], rows_fresh, fresh=True)
         if len(rows_live):
             if len(rows_live) == n * S:
                 h = self._run_rows(tok.repeat_interleave(S, 0) if S > 1 else tok, None)
