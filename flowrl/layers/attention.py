@@ -20,6 +20,15 @@ from flowrl.ops import FlowState, flow_attention
 __all__ = ["FlowAttention", "SoftmaxAttention", "KVCache"]
 
 
+def select_positions(x: Tensor, select: slice | Tensor | None, dim: int = 1) -> Tensor:
+    """Positions ``select`` (a slice or a 1-d index tensor; None: all) of x along ``dim``."""
+    if select is None:
+        return x
+    if isinstance(select, slice):
+        return x[(slice(None),) * dim + (select,)]
+    return x.index_select(dim, select)
+
+
 class KVCache(NamedTuple):
     """Keys and values of the tokens seen so far, [B, H, T, D] and [B, H, T, M]."""
 
@@ -46,8 +55,7 @@ class _MultiHead(nn.Module):
         return proj(x).view(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, dim/H)
 
     def _merge(self, y: Tensor, select: slice | Tensor | None = None) -> Tensor:
-        if select is not None:  # drop unwanted query positions before the output projection
-            y = y[:, :, select] if isinstance(select, slice) else y.index_select(2, select)
+        y = select_positions(y, select, 2)  # drop unwanted query positions before the output projection
         B, H, L, Dh = y.shape
         return self.dropout(self.out_projection(y.transpose(1, 2).reshape(B, L, H * Dh)))
 

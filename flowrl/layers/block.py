@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from flowrl.layers.attention import FlowAttention, SoftmaxAttention
+from flowrl.layers.attention import FlowAttention, SoftmaxAttention, select_positions
 from flowrl.layers.dropout import Dropout
 
 __all__ = ["MLP", "Block", "ATTENTIONS"]
@@ -74,13 +74,6 @@ class Block(nn.Module):
             a, new_state = self.attn(h, state=state, return_state=True, select=select)
         else:
             a, new_state = self.attn(h, padding_mask=padding_mask, state=state, select=select), None
-        x = _select(x, select) + a
+        x = select_positions(x, select) + a
         x = x + self.mlp(self.norm2(x))
         return (x, new_state) if return_state else x
-
-
-def _select(x: Tensor, select: slice | Tensor | None) -> Tensor:
-    """Positions ``select`` of x [B, L, ...] along L."""
-    if select is None:
-        return x
-    return x[:, select] if isinstance(select, slice) else x.index_select(1, select)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from flowrl.layers.attention import select_positions
 from flowrl.layers.block import Block
 from flowrl.models.config import FlowformerConfig
 
@@ -71,7 +72,7 @@ class Flowformer(nn.Module):
                 new_states.append(s)
             else:
                 x = block(x, padding_mask=padding_mask, state=layer_state, select=keep)
-        if not self.blocks and select is not None:
-            x = x[:, select] if isinstance(select, slice) else x.index_select(1, select)
+        if not self.blocks:
+            x = select_positions(x, select)
         x = self.norm(x)
         return (x, new_states) if return_state else x
