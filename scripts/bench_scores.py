@@ -87,7 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps", type=positive_int, default=100_000, help="update steps for every algorithm (default %(default)s)"
     )
-    p.add_argument("--seeds", type=positive_int, default=3, help="train with seeds 0..N-1 (default %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="train with this many seeds (default %(default)s)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds are FIRST..FIRST+N-1 (default 0); split seeds across processes or add seeds to a finished run",
+    )
     p.add_argument(
         "--eval-episodes", type=positive_int, default=10, help="evaluation episodes per run (default %(default)s)"
     )
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         "bench": "scores",
         "steps": args.steps,
         "warmup_steps": {"dt": warmup, "d3rlpy": peer_warmup, "bc": 0},
-        "seeds": list(range(args.seeds)),
+        "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
         "eval_episodes": args.eval_episodes,
         "algos": args.algos,
         "model": model_dict(args),
@@ -177,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         if "d3rlpy" in args.algos:
             hdf5 = {d["path"]: stack.enter_context(d4rl_file(d["path"], d["data"])) for d in datasets}
         k = 0
-        for seed in range(args.seeds):
+        for seed in result["seeds"]:
             for d in datasets:
                 for algo in trained:
                     k += 1

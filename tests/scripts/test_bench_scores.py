@@ -201,6 +201,11 @@ def test_a_failed_d3rlpy_run_is_recorded_and_the_others_still_count(tmp_path, ti
     failed = next(r for r in result["runs"] if r["algo"] == "d3rlpy")
     assert failed["error"].startswith("d3rlpy scores failed") and "normalized" not in failed
     assert list(result["table"]["tiny-hopper"]) == ["bc"]
+    # --first-seed: more seeds for a finished run, or seeds split across processes
+    args = _parse([*argv, "--first-seed", "5", "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY])
+    assert bench_scores.run(args) == 0
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [5] and {r["seed"] for r in result["runs"]} == {5}
 
 
 def test_d3rlpy_is_dropped_with_a_warning_without_its_environment(tmp_path, tiny_npz, monkeypatch, capsys):
