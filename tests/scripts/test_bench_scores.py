@@ -17,6 +17,8 @@ from flowrl.envs import normalized_score
 from flowrl.scripts import bench_scores
 from flowrl.scripts.peers import PeerEnvError, PeerRunError
 
+from .conftest import tiny_hopper_dataset
+
 # one torch thread: tiny ops are dominated by thread hand-offs, which a loaded test machine makes slow
 TINY = ["--context", "4", "--dim", "16", "--layers", "1", "--heads", "1", "--batch", "4", "--threads", "1"]
 PEER_RETURNS = [100.0, 300.0]
@@ -38,21 +40,9 @@ def _parse(argv):
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
     """A Hopper-shaped .npz (11-d states, 3-d actions): d3rlpy must get it as a temporary D4RL .hdf5."""
-    from flowrl.envs import TrajectoryDataset, write_npz
+    from flowrl.envs import write_npz
 
-    rng = np.random.default_rng(0)
-    n, length = 200, 50
-    timeouts = np.zeros(n, bool)
-    timeouts[length - 1 :: length] = True
-    ds = TrajectoryDataset.from_arrays(
-        rng.normal(size=(n, 11)).astype(np.float32),
-        np.tanh(rng.normal(size=(n, 3))).astype(np.float32),
-        rng.uniform(0, 3, size=n).astype(np.float32),
-        np.zeros(n, bool),
-        timeouts,
-        {"env_name": "hopper"},
-    )
-    return write_npz(tmp_path_factory.mktemp("data") / "tiny-hopper.npz", ds)
+    return write_npz(tmp_path_factory.mktemp("data") / "tiny-hopper.npz", tiny_hopper_dataset())
 
 
 @pytest.fixture

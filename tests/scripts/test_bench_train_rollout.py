@@ -16,6 +16,8 @@ from flowrl.scripts import bench_rollout, bench_train
 from flowrl.scripts.peers import PeerEnvError
 from flowrl.scripts.peers.run import build_runner_command
 
+from .conftest import tiny_hopper_dataset
+
 # one torch thread: tiny ops are dominated by thread hand-offs, which a loaded test machine makes slow
 TINY = ["--context", "4", "--dim", "16", "--layers", "1", "--heads", "1", "--batch", "4", "--threads", "1"]
 
@@ -34,21 +36,9 @@ def _parse(mod, argv):
 
 
 def _tiny_dataset(path):
-    from flowrl.envs import TrajectoryDataset, write_d4rl_hdf5
+    from flowrl.envs import write_d4rl_hdf5
 
-    rng = np.random.default_rng(0)
-    n, length = 200, 50
-    timeouts = np.zeros(n, bool)
-    timeouts[length - 1 :: length] = True
-    ds = TrajectoryDataset.from_arrays(
-        rng.normal(size=(n, 11)).astype(np.float32),
-        np.tanh(rng.normal(size=(n, 3))).astype(np.float32),
-        rng.uniform(0, 3, size=n).astype(np.float32),
-        np.zeros(n, bool),
-        timeouts,
-        {"env_name": "hopper"},
-    )
-    return write_d4rl_hdf5(path, ds, compression=None)
+    return write_d4rl_hdf5(path, tiny_hopper_dataset(), compression=None)
 
 
 @pytest.fixture
