@@ -243,9 +243,12 @@ class BCAgent(Agent):
         actions = torch.from_numpy(np.ascontiguousarray(batch.actions)).to(dev)
         return (self.model(states).float() - actions).square().mean()
 
-    def make_policy(self, **_):
+    def make_policy(self, *, rollout: str = "window", restart_every: int | None = None):
+        """A memoryless policy; the rollout options of Decision Transformers do not apply."""
         from flowrl.agents.policy import BCPolicy
 
+        if rollout != "window" or restart_every is not None:
+            raise ValueError(f"rollout={rollout!r} / restart_every are for Decision Transformers, not BC")
         return BCPolicy(self)
 
     @torch.no_grad()

@@ -171,10 +171,7 @@ class Trainer:
         self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_score": [], "eval_return": []}
         self.update_calls = 0
         self._writer = None
-        if config.eval_rollout != "window":  # fail now, not after training: e.g. staggered needs flow attention
-            if agent.algo != "dt":
-                raise ValueError(f"TrainConfig: eval_rollout={config.eval_rollout!r} is for Decision Transformers")
-            agent.make_policy(rollout=config.eval_rollout)
+        agent.make_policy(rollout=config.eval_rollout)  # fail now, not after training (e.g. staggered + softmax)
 
     # ------------------------------------------------------------------ one update
     def update(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,9 +295,8 @@ class Trainer:
         targets: tuple = (None,)
         if self.agent.algo == "dt":
             targets = self.config.target_returns or get_spec(env).target_returns or self.agent.dataset_targets()
-        policy = self.agent.make_policy(rollout=self.config.eval_rollout) if self.agent.algo == "dt" else None
         results = evaluate(
-            policy or self.agent.make_policy(),
+            self.agent.make_policy(rollout=self.config.eval_rollout),
             env,
             episodes=self.config.eval_episodes,
             num_envs=self.config.num_envs,

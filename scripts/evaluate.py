@@ -68,13 +68,10 @@ def run(args) -> int:
         targets = args.target_return or list(get_spec(env).target_returns or agent.dataset_targets())
     elif args.target_return:
         raise UsageError("--target-return applies to Decision Transformers, not to BC")
-    if agent.algo != "dt" and (args.rollout != "window" or args.restart_every):
-        raise UsageError("--rollout/--restart-every apply to Decision Transformers, not to BC")
     if args.restart_every and args.rollout != "staggered":
         raise UsageError("--restart-every needs --rollout staggered")
-    policy = agent.make_policy(rollout=args.rollout, restart_every=args.restart_every) if agent.algo == "dt" else None
     results = evaluate(
-        policy or agent.make_policy(),
+        agent.make_policy(rollout=args.rollout, restart_every=args.restart_every),  # BC: window only
         env,
         episodes=args.episodes,
         num_envs=args.num_envs,

@@ -261,7 +261,7 @@ def test_training_evaluates_with_the_configured_rollout(tmp_path):
     with pytest.raises(ValueError, match="needs attention='flow'"):
         fit(soft, ds, TrainConfig(steps=1, eval_rollout="episode"), progress=False)
     bc = make_agent(BCConfig(hidden=8), 2, 1)
-    with pytest.raises(ValueError, match="is for Decision Transformers"):
+    with pytest.raises(ValueError, match="are for Decision Transformers, not BC"):
         fit(bc, ds, TrainConfig(steps=1, eval_rollout="staggered"), progress=False)
 
 
