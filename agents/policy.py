@@ -187,14 +187,14 @@ class DTPolicy:
         live = (self.slot_start >= 0).ravel() & ~fresh
         rows_fresh, rows_live = np.flatnonzero(fresh), np.flatnonzero(live)
 
-        h = torch.empty(n * S, self.agent.config.dim, dtype=tok.dtype, device=tok.device)
-        if len(rows_fresh):  # a restarted state reads [R̂_t, s_t] only: its window starts at step t
-            env_of = torch.as_tensor(rows_fresh // S, device=tok.device)
-            h[rows_fresh] = self._run_rows(tok[env_of, 1:], rows_fresh, fresh=True)
-        if len(rows_live):
-            if len(rows_live) == n * S:
-                h = self._run_rows(tok.repeat_interleave(S, 0) if S > 1 else tok, None)
-            else:
+        if len(rows_live) == n * S:  # the usual step: every state continues, one call on the whole state
+            h = self._run_rows(tok.repeat_interleave(S, 0) if S > 1 else tok, None)
+        else:
+            h = torch.empty(n * S, self.agent.config.dim, dtype=tok.dtype, device=tok.device)
+            if len(rows_fresh):  # a restarted state reads [R̂_t, s_t] only: its window starts at step t
+                env_of = torch.as_tensor(rows_fresh // S, device=tok.device)
+                h[rows_fresh] = self._run_rows(tok[env_of, 1:], rows_fresh, fresh=True)
+            if len(rows_live):
                 env_of = torch.as_tensor(rows_live // S, device=tok.device)
                 h[rows_live] = self._run_rows(tok[env_of], rows_live)
 
