@@ -46,9 +46,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    scale = torch.zeros((), dtype=x.dtype).add_(1.0 / (1.0 - p))
-    keep = keep_mask(x.shape, p)
-    return x * torch.where(keep, scale, torch.zeros((), dtype=x.dtype))
+    return x * keep_mask(x.shape, p) * (1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
