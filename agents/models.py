@@ -75,6 +75,25 @@ class DecisionTransformer(nn.Module):
         )  # (B, T, 3, d)
         return self.embed_dropout(self.embed_norm(tokens.reshape(B, TOKENS_PER_STEP * T, -1)))
 
+    def embed_step(self, prev_actions: Tensor, returns_to_go: Tensor, states: Tensor, timesteps: Tensor) -> Tensor:
+        """The tokens step t appends to a running sequence, [a_{t-1}, R̂_t, s_t]: [B, 3, dim].
+
+        ``prev_actions`` [B, act_dim] (a_{t-1}), ``returns_to_go`` [B, 1] (scaled), ``states`` [B, obs_dim]
+        (normalised), ``timesteps`` [B] int64 (t). Equal to tokens 3t-1 .. 3t+1 of :meth:`embed` over the
+        episode; at t = 0 there is no a_{-1}: use tokens [:, 1:].
+        """
+        top = self.config.max_timestep - 1
+        time = self.embed_timestep(torch.stack([(timesteps - 1).clamp(0, top), timesteps.clamp(0, top)], 1))
+        tokens = torch.stack(
+            [
+                self.embed_action(prev_actions) + time[:, 0],
+                self.embed_return(returns_to_go) + time[:, 1],
+                self.embed_state(states) + time[:, 1],
+            ],
+            dim=1,
+        )  # (B, 3, d)
+        return self.embed_dropout(self.embed_norm(tokens))
+
     def forward(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor) -> Tensor:
         # only the state tokens are read: the trunk's last block computes nothing else
         h = self.trunk(self.embed(states, actions, returns_to_go, timesteps), select=_STATE_TOKENS)  # (B, T, d)

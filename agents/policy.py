@@ -15,6 +15,9 @@ offers three ways to roll a Decision Transformer forward (``rollout=``):
   acting state started (a test checks this). ``restart_every=1`` reproduces ``"window"`` exactly.
 - ``"episode"`` (Flow-Attention): one recurrent state per environment over the whole episode, no window
   at all (the model sees more than the K steps it was trained on; cheapest, check its scores).
+
+The recurrent states live in a :class:`flowrl.models.FlowDecoder` (fused projections, states updated in
+place), which computes what the trunk's stateful forward would, at about a third of the per-step cost.
 """
 
 from __future__ import annotations
@@ -23,12 +26,11 @@ import numpy as np
 import torch
 from flowrl.agents.models import STATE_TOKEN, TOKENS_PER_STEP
 
-from flowrl.ops import FlowState, state_updates_in_place
+from flowrl.models import FlowDecoder
 
 __all__ = ["DTPolicy", "BCPolicy", "ROLLOUTS"]
 
 ROLLOUTS = ("window", "staggered", "episode")
-_LAST = slice(-1, None)
 
 
 class BCPolicy:
@@ -73,9 +75,9 @@ class DTPolicy:
             raise ValueError("a Decision Transformer needs a target return (e.g. the env's default targets)")
         if env_mask.ndim != 1:
             raise ValueError(f"env_mask must be a 1-d bool array, got shape {env_mask.shape}")
-        if env_mask.shape[0] != self.n:
-            if not env_mask.all():
-                raise ValueError(f"first reset must cover all environments; got {env_mask.shape[0]} != {self.n}")
+        if env_mask.shape[0] != self.n and not env_mask.all():
+            raise ValueError(f"first reset must cover all environments; got {env_mask.shape[0]} != {self.n}")
+        if env_mask.all():  # a new evaluation (the model may have trained, moved or changed dtype since)
             self._allocate(env_mask.shape[0])
         rows = np.flatnonzero(env_mask)
         self.t[rows] = 0
@@ -87,8 +89,7 @@ class DTPolicy:
             self.timesteps[rows] = 0
             self.length[rows] = 0
             if self.recurrent:
-                mask = torch.as_tensor(env_mask, device=self.agent.device)
-                self.trunk_state = [s.reset(mask) for s in self.trunk_state]
+                self.decoder.reset(torch.as_tensor(rows, device=self.device))
         else:  # slots restart (and are zeroed) lazily, when their turn comes in the new episode
             self.prev_action[rows] = 0.0
             self.slot_start[rows] = -1
@@ -110,6 +111,7 @@ class DTPolicy:
     def _allocate(self, n: int) -> None:
         K, a = self.K, self.agent
         self.n = n
+        self.dtype, self.device = a.dtype, a.device  # looked up once: both walk the modules
         self.t = np.zeros(n, np.int64)  # steps taken in the episode
         self.rtg_now = np.zeros(n, np.float64)
         if self.rollout == "window":
@@ -124,55 +126,36 @@ class DTPolicy:
             self.slot_start = np.full((n, self.slots), -1, np.int64)  # episode step a slot started at
             rows = n * self.slots  # row i * slots + j: environment i, slot j
         if self.recurrent:
-            cfg = a.config
-            dh = cfg.dim // cfg.heads
-            dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-            self.trunk_state = [
-                FlowState.zeros(rows, cfg.heads, dh, dh, dtype=dtype, device=a.device) for _ in range(cfg.depth)
-            ]
+            self.decoder = FlowDecoder(self.model.trunk, rows)
 
-    def _tokens(self, states, actions, rtg, timesteps) -> torch.Tensor:
-        """Token embeddings [B, 3T, dim] of raw (unnormalised, unscaled) numpy steps [B, T, ·]."""
-        a, m = self.agent, self.model
-        return m.embed(
-            m.normalizer(a._tensor(states)),
-            a._tensor(actions),
-            a._tensor(np.asarray(rtg)[..., None] * a.config.reward_scale),
-            a._tensor(timesteps, torch.long),  # embed() clamps to max_timestep - 1
+    def _tensor(self, x, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=dtype or self.dtype, device=self.device)
+
+    def _step_tokens(self, prev_actions, rtg, states, t) -> torch.Tensor:
+        """Tokens [a_{t-1}, R̂_t, s_t], [n, 3, dim], of raw (unnormalised, unscaled) numpy rows."""
+        m = self.model
+        return m.embed_step(
+            self._tensor(prev_actions),
+            self._tensor(np.asarray(rtg)[:, None] * self.agent.config.reward_scale),
+            m.normalizer(self._tensor(states)),
+            self._tensor(t, torch.long),
         )
 
     def _run_rows(self, x: torch.Tensor, rows: np.ndarray | None, *, fresh: bool = False) -> torch.Tensor:
         """Feed tokens x [R, L, dim] to the recurrent states of ``rows`` (None: all rows, in order; ``fresh``:
         restart those states first); returns the trunk output at each row's last token, [R, dim]."""
         if rows is None:
-            with state_updates_in_place():  # the policy owns its states: no copy of the D×M matrices
-                h, self.trunk_state = self.model.trunk(x, state=self.trunk_state, return_state=True, select=_LAST)
-            return h[:, 0]
-        idx = torch.as_tensor(rows, device=self.agent.device)
+            return self.decoder.step(x)
+        idx = torch.as_tensor(rows, device=self.device)
         if fresh:
-            sub = [FlowState(*(torch.zeros_like(f[: len(rows)]) for f in s)) for s in self.trunk_state]
-        else:
-            sub = [s.select(idx) for s in self.trunk_state]
-        with state_updates_in_place():
-            h, sub = self.model.trunk(x, state=sub, return_state=True, select=_LAST)
-        for layer, new in zip(self.trunk_state, sub):
-            for full_field, new_field in zip(layer, new):
-                full_field.index_copy_(0, idx, new_field.to(full_field.dtype))
-        return h[:, 0]
+            self.decoder.reset(idx)
+        return self.decoder.step(x, idx)
 
     def _act_recurrent(self, obs: np.ndarray) -> np.ndarray:
         """Staggered / episode rollouts: 3 new tokens [a_{t-1}, R̂_t, s_t] per live state, no window."""
         n, S, K = self.n, self.slots, self.K
         t = self.t
-        # the tokens of steps (t-1, t); [a_{t-1}, R̂_t, s_t] are tokens 2..4 of the 6 (the rest are unused)
-        steps = np.zeros((n, 2, self.agent.obs_dim), np.float32)
-        steps[:, 1] = obs
-        acts = np.zeros((n, 2, self.agent.act_dim), np.float32)
-        acts[:, 0] = self.prev_action
-        rtg = np.zeros((n, 2))
-        rtg[:, 1] = self.rtg_now
-        ts = np.stack([np.maximum(t - 1, 0), t], axis=1)
-        tok = self._tokens(steps, acts, rtg, ts)[:, 2:5]  # (n, 3, dim)
+        tok = self._step_tokens(self.prev_action, self.rtg_now, obs, t)  # (n, 3, dim)
 
         if self.rollout == "episode":
             restart = t == 0
@@ -234,39 +217,29 @@ class DTPolicy:
     def _act_growing(self, rows: np.ndarray) -> np.ndarray:
         """Window mode while t < K: feed only [a_{t-1}, R̂_t, s_t] (or [R̂_0, s_0]) against the state."""
         out = np.empty((len(rows), self.agent.act_dim), np.float32)
+        j = self.length[rows] - 1
+        x = self._step_tokens(
+            self.actions[rows, np.maximum(j - 1, 0)], self.rtg[rows, j], self.states[rows, j], self.timesteps[rows, j]
+        )
         first = self.t[rows] == 0
-        for group, is_first in ((rows[first], True), (rows[~first], False)):
-            if len(group) == 0:
-                continue
-            j = self.length[group] - 1
-            if is_first:
-                x = self._tokens(
-                    self.states[group, j, None],
-                    self.actions[group, j, None],
-                    self.rtg[group, j, None],
-                    self.timesteps[group, j, None],
-                )[:, :2]
-            else:
-                two = np.stack([j - 1, j], axis=1)
-                g = group[:, None]
-                x = self._tokens(self.states[g, two], self.actions[g, two], self.rtg[g, two], self.timesteps[g, two])[
-                    :, 2:5
-                ]
-            h = self._run_rows(x, group)
-            out[first if is_first else ~first] = self.model.predict_action(h).float().cpu().numpy()
+        for is_first in (True, False):
+            pick = first == is_first
+            if pick.any():
+                h = self._run_rows(x[torch.as_tensor(np.flatnonzero(pick))][:, int(is_first) :], rows[pick])
+                out[pick] = self.model.predict_action(h).float().cpu().numpy()
         return out
 
     def _act_full_window(self, rows: np.ndarray) -> np.ndarray:
         """Recompute each row's window (right-padded to K) and read the action at its last state token."""
         a = self.agent
         pred = self.model(
-            self.model.normalizer(a._tensor(self.states[rows])),
-            a._tensor(self.actions[rows]),
-            a._tensor(self.rtg[rows, :, None] * a.config.reward_scale),
-            a._tensor(self.timesteps[rows], torch.long),
+            self.model.normalizer(self._tensor(self.states[rows])),
+            self._tensor(self.actions[rows]),
+            self._tensor(self.rtg[rows, :, None] * a.config.reward_scale),
+            self._tensor(self.timesteps[rows], torch.long),
         )  # (R, K, act) — predictions at every state token
-        last = torch.as_tensor(self.length[rows] - 1, device=a.device)
-        return pred[torch.arange(len(rows), device=a.device), last].float().cpu().numpy()
+        last = torch.as_tensor(self.length[rows] - 1, device=self.device)
+        return pred[torch.arange(len(rows), device=self.device), last].float().cpu().numpy()
 
 
 assert STATE_TOKEN == 1 and TOKENS_PER_STEP == 3  # the token order the recurrent path feeds

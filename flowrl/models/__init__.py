@@ -1,9 +1,10 @@
 """Config, trunk and thin domain wrappers."""
 
 from flowrl.models.config import FlowformerConfig, JsonConfig
+from flowrl.models.decoder import FlowDecoder
 from flowrl.models.flowformer import Flowformer
 
-__all__ = ["Flowformer", "FlowformerConfig", "JsonConfig"]
+__all__ = ["FlowDecoder", "Flowformer", "FlowformerConfig", "JsonConfig"]
 
 # Thin domain wrappers around the trunk (sequence, time series, image, language) and their save/load.
 from flowrl.models.classifiers import (  # noqa: E402

@@ -139,6 +139,21 @@ def test_action_at_t_does_not_depend_on_later_tokens(attention):
     assert (model(s3, a, r, ts)[:, 3] - base[:, 3]).abs().max() > 1e-6
 
 
+def test_embed_step_equals_the_tokens_of_a_full_embedding():
+    torch.manual_seed(0)
+    cfg = DecisionTransformerConfig(context=8, dim=16, depth=1, heads=2, max_timestep=6, dropout=0.0)
+    model = make_agent(cfg, 5, 3).model.double().eval()
+    B, T = 2, 9  # past max_timestep: both sides clamp the time embedding
+    s, a = torch.randn(B, T, 5, dtype=torch.float64), torch.randn(B, T, 3, dtype=torch.float64)
+    r, ts = torch.randn(B, T, 1, dtype=torch.float64), torch.arange(T).repeat(B, 1)
+    full = model.embed(s, a, r, ts)  # (B, 3T, dim): [R̂_t, s_t, a_t] per step
+    for t in range(1, T):
+        step = model.embed_step(a[:, t - 1], r[:, t], s[:, t], ts[:, t])
+        torch.testing.assert_close(step, full[:, 3 * t - 1 : 3 * t + 2], rtol=1e-12, atol=1e-12)
+    first = model.embed_step(torch.zeros(B, 3, dtype=torch.float64), r[:, 0], s[:, 0], ts[:, 0])[:, 1:]
+    torch.testing.assert_close(first, full[:, :2], rtol=1e-12, atol=1e-12)
+
+
 ROLLOUT_CASES = [
     ("softmax", "window", None),
     ("flow", "window", None),

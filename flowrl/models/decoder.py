@@ -1,0 +1,258 @@
+"""Recurrent inference for a causal Flow-Attention trunk: a few new tokens per call against per-row states.
+
+:class:`FlowDecoder` runs the same maths as ``Flowformer.forward(x, state=..., return_state=True)`` (steps
+1-4 of :mod:`flowrl.ops.flow_attention` continued from carried sums) but is built for the tiny calls of a
+rollout or a decoding loop, where per-operator overhead, not arithmetic, is the cost:
+
+- the query/key/value projections are one fused product, and q and k stay side by side ([q | k], [B, L, 2C]),
+  so each prefix sum, ε shift and normaliser dot product covers both with one operator;
+- the states live in preallocated tensors updated in place (no FlowState objects, copies or checks);
+- the last block computes its output projection, MLP and the final norm at the last token only.
+
+About 45 operators per layer against ~90 for the module path; a DT rollout step (3 layers, 10-20 rows of 3
+tokens) drops from ~4 ms to ~1 ms on a 2-core CPU. Outputs equal the module path (tests compare them in
+float64). Inference only: no autograd, no dropout.
+
+Example::
+
+    dec = FlowDecoder(trunk, batch=8)           # trunk: a causal flow Flowformer
+    h = dec.step(x[:, :5])                      # [8, dim]: trunk(x[:, :5])[:, -1]
+    h = dec.step(x[:, 5:7])                     # trunk(x[:, :7])[:, -1], from the states
+    dec.reset(torch.tensor([2]))                # row 2 starts a new sequence
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flowrl.models.flowformer import Flowformer
+
+__all__ = ["FlowDecoder"]
+
+_ACTIVATIONS = {"gelu": F.gelu, "relu": torch.relu_}  # applied to a fresh product: in place is safe
+
+
+class _Layer(NamedTuple):
+    norm1: tuple[Tensor, Tensor, float]
+    w_qkv: Tensor  # [3C, C]: query, key, value rows
+    b_qkv: Tensor
+    w_out: Tensor
+    b_out: Tensor
+    norm2: tuple[Tensor, Tensor, float]
+    w_fc: Tensor
+    b_fc: Tensor
+    w_proj: Tensor
+    b_proj: Tensor
+
+
+class _States(NamedTuple):
+    """Per layer: t [B] tokens seen; qk [B, 2C] = [Σq | Σk]; rp [B, 2C] = [Σ I q | Σ O k] (source and sink
+    sums); z [B, H] = Σ exp(Ô); kv [B·H, Dh, Dh] = Σ k (C v)ᵀ. Heads are contiguous Dh-blocks of C."""
+
+    t: Tensor
+    qk: list[Tensor]
+    rp: list[Tensor]
+    z: list[Tensor]
+    kv: list[Tensor]
+
+
+class FlowDecoder:
+    """Incremental inference for ``batch`` independent sequences through a causal flow :class:`Flowformer`.
+
+    Args:
+        trunk: a Flowformer with ``attention="flow"`` and ``causal=True``. Its weights are read at
+            construction; :meth:`refresh` re-reads them if any parameter changed since (call it before
+            reusing a decoder after training steps).
+        batch: number of rows (sequences) B.
+
+    The work dtype is float64 for a float64 trunk, else float32.
+    """
+
+    def __init__(self, trunk: Flowformer, batch: int):
+        c = trunk.config
+        if c.attention != "flow" or not c.causal:
+            raise ValueError(
+                f"FlowDecoder needs a causal flow trunk, got attention={c.attention!r}, causal={c.causal}"
+            )
+        if batch < 1:
+            raise ValueError(f"FlowDecoder: batch must be >= 1, got {batch}")
+        self.trunk, self.batch = trunk, batch
+        self.dim, self.heads = c.dim, c.heads
+        self.eps, self.clamp = c.eps, c.clamp
+        self.activation = _ACTIVATIONS[c.activation]
+        p = next(trunk.parameters())
+        self.dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+        self.device = p.device
+        self._fingerprint = None
+        self._load_weights()
+        C, H, Dh = c.dim, c.heads, c.dim // c.heads
+        z = lambda *s: torch.zeros(*s, dtype=self.dtype, device=self.device)  # noqa: E731
+        n = len(self.layers)
+        self.states = _States(
+            z(batch),
+            [z(batch, 2 * C) for _ in range(n)],
+            [z(batch, 2 * C) for _ in range(n)],
+            [z(batch, H) for _ in range(n)],
+            [z(batch * H, Dh, Dh) for _ in range(n)],
+        )
+
+    # ------------------------------------------------------------------ weights
+    def _weights_fingerprint(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.trunk.parameters())
+
+    def _load_weights(self) -> None:
+        cast = lambda x: x.detach().to(self.dtype)  # noqa: E731
+        norm = lambda m: (cast(m.weight), cast(m.bias), m.eps)  # noqa: E731
+        layers = []
+        for block in self.trunk.blocks:
+            a, mlp = block.attn, block.mlp
+            projs = (a.query_projection, a.key_projection, a.value_projection)
+            w_qkv = torch.cat([cast(m.weight) for m in projs])
+            if all(m.bias is not None for m in projs):
+                b_qkv = torch.cat([cast(m.bias) for m in projs])
+            else:
+                b_qkv = torch.cat([cast(m.bias) if m.bias is not None else w_qkv.new_zeros(self.dim) for m in projs])
+            out_b = a.out_projection.bias
+            layers.append(
+                _Layer(
+                    norm(block.norm1),
+                    w_qkv,
+                    b_qkv,
+                    cast(a.out_projection.weight),
+                    cast(out_b) if out_b is not None else None,
+                    norm(block.norm2),
+                    cast(mlp.fc.weight),
+                    cast(mlp.fc.bias),
+                    cast(mlp.proj.weight),
+                    cast(mlp.proj.bias),
+                )
+            )
+        self.layers = layers
+        final = self.trunk.norm
+        self.final_norm = norm(final) if isinstance(final, torch.nn.LayerNorm) else None
+        self._fingerprint = self._weights_fingerprint()
+
+    def refresh(self) -> None:
+        """Re-read the trunk's weights if any parameter changed (in place or replaced) since they were read."""
+        if self._weights_fingerprint() != self._fingerprint:
+            self._load_weights()
+
+    # ------------------------------------------------------------------ states
+    def reset(self, rows: Tensor | None = None) -> None:
+        """Start new sequences in ``rows`` (bool mask [B] or indices; None: all rows)."""
+        if rows is None:
+            for field in self.states:
+                for x in field if isinstance(field, list) else (field,):
+                    x.zero_()
+            return
+        rows = torch.as_tensor(rows, device=self.device)
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().squeeze(1)
+        s, H = self.states, self.heads
+        s.t.index_fill_(0, rows, 0.0)
+        kv_rows = (rows[:, None] * H + torch.arange(H, device=self.device)).reshape(-1)
+        for qk, rp, z, kv in zip(s.qk, s.rp, s.z, s.kv):
+            qk.index_fill_(0, rows, 0.0)
+            rp.index_fill_(0, rows, 0.0)
+            z.index_fill_(0, rows, 0.0)
+            kv.index_fill_(0, kv_rows, 0.0)
+
+    @property
+    def seen(self) -> Tensor:
+        """Tokens each row has seen since its last reset, [B] (int64)."""
+        return self.states.t.round().long()
+
+    # ------------------------------------------------------------------ stepping
+    @torch.inference_mode()
+    def step(self, x: Tensor, rows: Tensor | None = None, *, last_only: bool = True) -> Tensor:
+        """Feed tokens ``x`` [R, L, dim] to the sequences of ``rows`` (indices [R]; None: all B rows, R = B).
+
+        Returns the trunk's output (after the final norm) at the last token, [R, dim], or at every new
+        token, [R, L, dim], with ``last_only=False``. Row r's output equals the trunk run over everything
+        row r has been fed since its reset.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"FlowDecoder.step: x has shape {tuple(x.shape)}, expected [R, L, {self.dim}]")
+        R = self.batch if rows is None else len(rows)
+        if x.shape[0] != R:
+            raise ValueError(f"FlowDecoder.step: x has {x.shape[0]} rows for {R} states")
+        if x.shape[1] == 0:
+            raise ValueError("FlowDecoder.step: x has no tokens")
+        x = x.to(self.dtype)
+        if rows is None:
+            return self._run(x, self.states, last_only)
+        rows = torch.as_tensor(rows, device=self.device)
+        H = self.heads
+        kv_rows = (rows[:, None] * H + torch.arange(H, device=self.device)).reshape(-1)
+        s = self.states
+        sub = _States(
+            s.t[rows],
+            [q[rows] for q in s.qk],
+            [r[rows] for r in s.rp],
+            [z[rows] for z in s.z],
+            [kv[kv_rows] for kv in s.kv],
+        )
+        out = self._run(x, sub, last_only)
+        s.t.index_copy_(0, rows, sub.t)
+        for full, part in zip(s.qk + s.rp + s.z, sub.qk + sub.rp + sub.z):
+            full.index_copy_(0, rows, part)
+        for full, part in zip(s.kv, sub.kv):
+            full.index_copy_(0, kv_rows, part)
+        return out
+
+    def _run(self, x: Tensor, s: _States, last_only: bool) -> Tensor:
+        L = x.shape[1]
+        t = s.t[:, None] + torch.arange(1, L + 1, dtype=self.dtype, device=self.device)  # (R, L) 1-based
+        last = len(self.layers) - 1
+        for i, w in enumerate(self.layers):
+            x = self._block(x, w, t, s.qk[i], s.rp[i], s.z[i], s.kv[i], last_only and i == last)
+        s.t.add_(L)
+        if self.final_norm is not None:
+            x = F.layer_norm(x, (self.dim,), *self.final_norm)
+        return x[:, -1] if last_only else x
+
+    def _block(self, x, w: _Layer, t, qk_sum, rp_sum, z_sum, kv, last_only: bool) -> Tensor:
+        R, L, C = x.shape
+        H, eps = self.heads, self.eps
+        Dh = C // H
+        split = (R, L, 2, H, Dh)  # [q | k] halves, heads
+        qkv = F.linear(F.layer_norm(x, (C,), *w.norm1), w.w_qkv, w.b_qkv)  # (R, L, 3C)
+        qk = torch.sigmoid(qkv[..., : 2 * C])  # (R, L, 2C): [q | k] after the feature map
+        v = qkv[..., 2 * C :].reshape(R, L, H, Dh)
+        tt = t[:, :, None, None]  # (R, L, 1, 1)
+
+        # 1. prefix sums [Qc | Kc] and the ε-shifted dot products dI = (q+ε)·(Kc+ε), dO = (k+ε)·(Qc+ε)
+        cs = qk.cumsum(1).add_(qk_sum[:, None])
+        qk_sum.copy_(cs[:, -1])
+        qe = qk + eps
+        dIO = (qe.view(split) * cs.add_(eps).view(split).flip(2)).sum(-1)  # (R, L, 2, H): [dI, dO]
+        # 2. [R | P] = prefix sums of [I q | O k]; sink t·Î = (q+ε)·(P+ε), source t·Ô = (k+ε)·(R+ε)
+        rp = (qk.view(split) * (tt / dIO)[..., None]).view(R, L, 2 * C).cumsum(1).add_(rp_sum[:, None])
+        rp_sum.copy_(rp[:, -1])
+        flows = (qe.view(split) * rp.add_(eps).view(split).flip(2)).sum(-1).div_(tt)  # (R, L, 2, H)
+        # 3. competition C = t·exp(Ô) / Σ exp(Ô), allocation σ(Î)
+        e = flows[:, :, 1].clamp(-self.clamp, self.clamp).exp_()  # (R, L, H)
+        Z = e.cumsum(1).add_(z_sum[:, None])
+        z_sum.copy_(Z[:, -1])
+        vc = v * e.mul_(t[..., None]).div_(Z)[..., None]  # C_j v_j, (R, L, H, Dh)
+        scale = torch.sigmoid(flows[:, :, 0]).div_(dIO[:, :, 0])  # σ(Î) / dI, (R, L, H)
+
+        # 4. y_t = σ(Î_t)/dI_t · q_t·(S_prev + Σ_{j≤t} k_j (C_j v_j)ᵀ), S += Σ_j k_j (C_j v_j)ᵀ
+        heads = lambda a: a.transpose(1, 2).reshape(R * H, L, Dh)  # noqa: E731  (R·H, L, Dh)
+        q2, k2, vc2 = heads(qk[..., :C].view(R, L, H, Dh)), heads(qk[..., C:].view(R, L, H, Dh)), heads(vc)
+        if last_only:
+            kv.baddbmm_(k2.transpose(1, 2), vc2)
+            y = torch.bmm(q2[:, -1:], kv)  # (R·H, 1, Dh)
+            scale, x = scale[:, -1:], x[:, -1:]
+            L = 1
+        else:
+            y = torch.bmm(q2, k2.transpose(1, 2)).tril_().bmm(vc2).baddbmm_(q2, kv)
+            kv.baddbmm_(k2.transpose(1, 2), vc2)
+        y = y.view(R, H, L, Dh).mul_(scale.transpose(1, 2)[..., None]).transpose(1, 2).reshape(R, L, C)
+        x = x + F.linear(y, w.w_out, w.b_out)
+        h = self.activation(F.linear(F.layer_norm(x, (C,), *w.norm2), w.w_fc, w.b_fc))
+        return x.add_(F.linear(h, w.w_proj, w.b_proj))

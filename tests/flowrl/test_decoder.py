@@ -1,0 +1,98 @@
+"""FlowDecoder: recurrent inference equals the trunk's full forward, row by row, and refuses what it can't run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowrl.models import FlowDecoder, Flowformer, FlowformerConfig
+
+GRID = [  # heads, activation, final_norm, chunk lengths fed one after another
+    (1, "gelu", True, (1, 1, 1, 1)),
+    (2, "relu", True, (3, 3, 3)),
+    (4, "gelu", False, (2, 5, 1, 4)),
+    (2, "gelu", True, (12,)),
+]
+
+
+def _trunk(heads=2, activation="gelu", final_norm=True, dtype=torch.float64, **kw) -> Flowformer:
+    torch.manual_seed(0)
+    cfg = FlowformerConfig(
+        dim=16, depth=3, heads=heads, causal=True, dropout=0.0, activation=activation, final_norm=final_norm,
+        clamp=2.0, **kw
+    )
+    return Flowformer(cfg).to(dtype).eval()
+
+
+IDS = [f"H{h}-{a}-norm{int(n)}-L{'+'.join(map(str, c))}" for h, a, n, c in GRID]
+
+
+@pytest.mark.parametrize("heads,activation,final_norm,chunks", GRID, ids=IDS)
+def test_steps_equal_full_forward(heads, activation, final_norm, chunks):
+    trunk = _trunk(heads, activation, final_norm)
+    x = torch.randn(3, sum(chunks), 16, dtype=torch.float64)
+    full = trunk(x)
+    every, last = FlowDecoder(trunk, 3), FlowDecoder(trunk, 3)
+    got, pos = [], 0
+    for L in chunks:
+        got.append(every.step(x[:, pos : pos + L], last_only=False))
+        pos += L
+        torch.testing.assert_close(last.step(x[:, pos - L : pos]), full[:, pos - 1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.cat(got, 1), full, rtol=1e-12, atol=1e-12)
+    assert every.seen.tolist() == [sum(chunks)] * 3
+
+
+def test_float32_matches_the_module_path():
+    trunk = _trunk(dtype=torch.float32)
+    x = torch.randn(4, 9, 16)
+    dec = FlowDecoder(trunk, 4)
+    dec.step(x[:, :6])
+    torch.testing.assert_close(dec.step(x[:, 6:]), trunk(x)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_rows_run_independently_and_reset_alone():
+    trunk = _trunk()
+    x = torch.randn(3, 8, 16, dtype=torch.float64)
+    fresh = torch.randn(3, 8, 16, dtype=torch.float64)
+    dec = FlowDecoder(trunk, 3)
+    dec.step(x[:, :4])
+    # rows 0 and 2 continue; row 1 restarts (bool mask) and reads a new sequence
+    dec.reset(torch.tensor([False, True, False]))
+    assert dec.seen.tolist() == [4, 0, 4]
+    h1 = dec.step(fresh[1:2, :3], torch.tensor([1]))
+    torch.testing.assert_close(h1, trunk(fresh[1:2, :3])[:, -1], rtol=1e-12, atol=1e-12)
+    h02 = dec.step(x[[2, 0], 4:7], torch.tensor([2, 0]))  # any row order
+    torch.testing.assert_close(h02, trunk(x)[[2, 0], 6], rtol=1e-12, atol=1e-12)
+    dec.reset()
+    assert dec.seen.tolist() == [0, 0, 0]
+    torch.testing.assert_close(dec.step(x[:, :2]), trunk(x[:, :2])[:, -1], rtol=1e-12, atol=1e-12)
+
+
+def test_refresh_reads_changed_weights():
+    trunk = _trunk()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    dec = FlowDecoder(trunk, 2)
+    with torch.no_grad():
+        for p in trunk.parameters():
+            p.add_(0.05)
+    stale = dec.step(x)
+    assert not torch.allclose(stale, trunk(x)[:, -1])
+    dec.refresh()
+    dec.reset()
+    torch.testing.assert_close(dec.step(x), trunk(x)[:, -1], rtol=1e-12, atol=1e-12)
+
+
+def test_bad_trunks_and_inputs():
+    with pytest.raises(ValueError, match="needs a causal flow trunk"):
+        FlowDecoder(Flowformer(FlowformerConfig(dim=16, heads=2, causal=True, attention="softmax")), 2)
+    with pytest.raises(ValueError, match="needs a causal flow trunk"):
+        FlowDecoder(Flowformer(FlowformerConfig(dim=16, heads=2, causal=False)), 2)
+    dec = FlowDecoder(_trunk(), 2)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        FlowDecoder(_trunk(), 0)
+    with pytest.raises(ValueError, match=r"expected \[R, L, 16\]"):
+        dec.step(torch.zeros(2, 3, 8))
+    with pytest.raises(ValueError, match="3 rows for 2 states"):
+        dec.step(torch.zeros(3, 1, 16))
+    with pytest.raises(ValueError, match="no tokens"):
+        dec.step(torch.zeros(2, 0, 16))
