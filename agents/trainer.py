@@ -72,6 +72,8 @@ class TrainConfig(JsonConfig):
     """Evaluation episode i uses seed eval_seed + i (fixed across the run, so evaluations compare)."""
     eval_rollout: str = "window"
     """DT evaluation context: window (last K steps, as trained), staggered or episode (flow only, faster)."""
+    eval_workers: int = 1
+    """Processes the evaluation episodes are split across (forked, one torch thread each; CPU agents only)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run (e.g. the dataset string)."""
 
@@ -86,6 +88,7 @@ class TrainConfig(JsonConfig):
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
+            (self.eval_workers >= 1, f"eval_workers must be >= 1, got {self.eval_workers}"),
             (
                 self.eval_rollout in ("window", "staggered", "episode"),
                 f"eval_rollout must be window, staggered or episode, got {self.eval_rollout!r}",
@@ -172,6 +175,8 @@ class Trainer:
         self.update_calls = 0
         self._writer = None
         agent.make_policy(rollout=config.eval_rollout)  # fail now, not after training (e.g. staggered + softmax)
+        if config.eval_workers > 1 and agent.device.type != "cpu":
+            raise ValueError(f"eval_workers > 1 forks CPU processes; the agent is on {agent.device} (use 1)")
 
     # ------------------------------------------------------------------ one update
     def update(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,6 +310,7 @@ class Trainer:
             max_episode_steps=self.config.max_episode_steps or None,
             progress=self.progress,
             ref_scores=self.agent.reference_scores(),
+            workers=self.config.eval_workers,
         )
         out = [r.to_dict() for r in results]
         for r in results:

@@ -5,6 +5,11 @@ Episode ``i`` of an evaluation always starts from ``env.reset(seed=seed + i)``, 
 environments runs it, so results equal a plain one-environment loop over the same seeds (a test checks
 this) and every target return is evaluated on the same initial states.
 
+``workers=W`` splits the episodes across W forked processes, each with its share of the environments, a
+copy of the policy and one torch thread: on a W-core machine the policy's arithmetic and the MuJoCo steps
+of different workers run side by side (the GIL keeps threads from doing the same). Episode i still starts
+from ``reset(seed=seed + i)``, so the returns equal a one-process run.
+
 Why the N environments are stepped individually: ``SyncVectorEnv.step`` steps every sub-environment,
 including ones that have finished their share of episodes and sit idle. Episode lengths differ a lot
 (Hopper: 20 to 1000 steps), and on a CPU the environment step dominates, so stepping idle environments
@@ -17,7 +22,11 @@ stepped every step), which pays off when there are more cores than a 2-core lapt
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import pickle
+import queue as queue_lib
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -166,6 +175,7 @@ def evaluate(
     ref_scores: tuple[float, float] | None = None,
     video_size: tuple[int, int] = (320, 240),
     env_kwargs: Mapping[str, Any] | None = None,
+    workers: int = 1,
 ) -> list[EvalResult]:
     """Roll out ``policy`` for ``episodes`` episodes per target return, ``num_envs`` environments at once.
 
@@ -185,6 +195,9 @@ def evaluate(
         video_size: (width, height) of recorded MuJoCo frames.
         env_kwargs: extra keyword arguments for ``gymnasium.make`` (e.g. ``{"terminate_when_unhealthy":
             False}`` for MuJoCo locomotion).
+        workers: processes to split the episodes across (see the module doc). Needs the "fork" start
+            method (Linux, macOS), a CPU policy and ``vectorization="sync"``, and no video. Each worker
+            runs ``ceil(num_envs / workers)`` environments with one torch thread.
 
     Returns:
         One :class:`EvalResult` per target return, in order.
@@ -198,11 +211,15 @@ def evaluate(
         raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     targets = list(target_returns) or [None]
     video_path = _check_video(video, vectorization)
+    workers = _check_workers(workers, episodes, vectorization, video_path)
     if video_path is not None:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; read when the renderer is made
     n = min(num_envs, episodes)
     limit = max_episode_steps or spec.max_episode_steps
-    runner = _Runner(spec.gym_id, n, limit, vectorization, video_size if video_path else None, env_kwargs)
+    if workers > 1:
+        runner = _Workers(spec.gym_id, n, limit, env_kwargs, workers)
+    else:
+        runner = _Runner(spec.gym_id, n, limit, vectorization, video_size if video_path else None, env_kwargs)
     results = []
     try:
         with tqdm(total=episodes * len(targets), desc=f"eval {spec.gym_id}", unit="ep",
@@ -335,6 +352,112 @@ class _Runner:
                 last_rewards[restart] = 0.0
                 policy.reset(restart, target)
         return returns, lengths, frames
+
+
+def _check_workers(workers: int, episodes: int, vectorization: str, video_path: Path | None) -> int:
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    workers = min(workers, episodes)
+    if workers == 1:
+        return 1
+    if video_path is not None:
+        raise ValueError("video recording needs workers=1")
+    if vectorization != "sync":
+        raise ValueError("workers > 1 steps 'sync' environments in each worker; vectorization='async' needs workers=1")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise ValueError("workers > 1 needs the 'fork' start method (Linux, macOS); use workers=1 here")
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        raise ValueError("workers > 1 forks the policy, and CUDA cannot be used after a fork; use workers=1")
+    return workers
+
+
+class _Workers:
+    """The episodes split across forked processes, each a :class:`_Runner` over its share (same interface)."""
+
+    def __init__(self, gym_id: str, n: int, limit: int, env_kwargs: Mapping[str, Any] | None, workers: int):
+        self.gym_id, self.n, self.limit, self.env_kwargs, self.workers = gym_id, n, limit, env_kwargs, workers
+        self.ctx = multiprocessing.get_context("fork")
+
+    def close(self) -> None:
+        pass
+
+    def run(self, policy: Policy, episodes: int, seed: int, target: float | None, record: bool, bar):
+        shares = [s for s in np.array_split(np.arange(episodes), self.workers) if len(s)]
+        envs_each = -(-self.n // len(shares))
+        messages = self.ctx.Queue()
+        procs = [
+            self.ctx.Process(
+                target=_worker_main,
+                args=(messages, w, policy, self.gym_id, min(envs_each, len(share)), self.limit, self.env_kwargs,
+                      seed + int(share[0]), len(share), target),
+                daemon=True,
+            )
+            for w, share in enumerate(shares)
+        ]
+        returns = np.zeros(episodes, dtype=np.float64)
+        lengths = np.zeros(episodes, dtype=np.int64)
+        try:
+            for p in procs:
+                p.start()
+            pending = set(range(len(procs)))
+            while pending:
+                try:
+                    msg = messages.get(timeout=1.0)
+                except queue_lib.Empty:
+                    dead = [w for w in pending if procs[w].exitcode is not None]
+                    if dead:
+                        code = procs[dead[0]].exitcode
+                        raise RuntimeError(f"evaluation worker {dead[0]} died (exit code {code})") from None
+                    continue
+                kind, w = msg[0], msg[1]
+                if kind == "episode":
+                    bar.update(1)
+                elif kind == "done":
+                    first = int(shares[w][0])
+                    returns[first : first + len(shares[w])] = msg[2]
+                    lengths[first : first + len(shares[w])] = msg[3]
+                    pending.discard(w)
+                else:  # the worker's exception, raised here
+                    raise msg[2]
+            for p in procs:
+                p.join()
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
+        return returns, lengths, []
+
+
+class _QueueBar:
+    """Stands in for the tqdm bar inside a worker: reports each finished episode to the parent."""
+
+    def __init__(self, messages, w: int):
+        self.messages, self.w = messages, w
+
+    def update(self, k: int) -> None:
+        self.messages.put(("episode", self.w))
+
+
+def _worker_main(messages, w, policy, gym_id, n, limit, env_kwargs, seed, episodes, target) -> None:
+    try:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            # One thread per worker: the workers share the cores, and a forked OpenMP pool must stay unused.
+            torch.set_num_threads(1)
+        runner = _Runner(gym_id, n, limit, "sync", None, env_kwargs)
+        try:
+            returns, lengths, _ = runner.run(policy, episodes, seed, target, False, _QueueBar(messages, w))
+        finally:
+            runner.close()
+        messages.put(("done", w, returns, lengths))
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent, which raises it
+        try:
+            pickle.dumps(e)
+        except Exception:  # noqa: BLE001 - an exception that cannot travel: send its text
+            e = RuntimeError(f"evaluation worker {w}: {type(e).__name__}: {e}")
+        messages.put(("error", w, e))
 
 
 def _normalize(spec: EnvSpec, returns: np.ndarray, ref_scores: tuple[float, float] | None) -> np.ndarray | None:

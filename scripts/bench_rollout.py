@@ -91,6 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="flow-staggered: restart a recurrent state every this many steps (default: half the context)",
     )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="flowrl rows: processes the episodes are split across (forked, one torch thread each)",
+    )
     p.add_argument("--d3rlpy-model", default=None, help="a trained d3rlpy .d3 model for the d3rlpy row")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for every variant (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -136,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         {
             "variant": v,
-            "label": LABELS[v],
+            "label": _label(v, args.workers),
             "seconds": seconds[v],
             "median": statistics.median(seconds[v]),
             "env_steps": steps[v],
@@ -166,6 +172,16 @@ def run(args: argparse.Namespace) -> int:
         }
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+def _label(variant: str, workers: int) -> str:
+    """The row label, with the worker count of flowrl rows that used several."""
+    label = LABELS[variant]
+    if variant == "d3rlpy" or workers == 1:
+        return label
+    if label.endswith(")"):
+        return f"{label[:-1]}, {workers} workers)"
+    return f"{label} ({workers} workers)"
 
 
 def format_rollout_table(rows: list[dict]) -> str:
@@ -232,6 +248,7 @@ def _flowrl_rollout(policy, spec, target: float, env_kwargs: dict, args) -> tupl
         progress=False,
         env_kwargs=env_kwargs,
         max_episode_steps=args.max_episode_steps,
+        workers=args.workers,
     )
     seconds = time.perf_counter() - t0
     return seconds, [int(x) for x in res.lengths], [float(x) for x in res.returns]

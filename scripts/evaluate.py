@@ -44,6 +44,12 @@ def add_parser(sub) -> None:
         default=None,
         help="--rollout staggered: restart a recurrent state every this many steps (default: half the context)",
     )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes to split the episodes across (forked, one torch thread each; CPU only; default 1)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -70,6 +76,10 @@ def run(args) -> int:
         raise UsageError("--target-return applies to Decision Transformers, not to BC")
     if args.restart_every and args.rollout != "staggered":
         raise UsageError("--restart-every needs --rollout staggered")
+    if args.workers > 1 and args.video:
+        raise UsageError("--video needs --workers 1")
+    if args.workers > 1 and agent.device.type != "cpu":
+        raise UsageError(f"--workers > 1 forks CPU processes; the agent is on {agent.device} (use --device cpu)")
     results = evaluate(
         agent.make_policy(rollout=args.rollout, restart_every=args.restart_every),  # BC: window only
         env,
@@ -81,6 +91,7 @@ def run(args) -> int:
         max_episode_steps=args.max_episode_steps,
         progress=not args.quiet,
         ref_scores=agent.reference_scores(),
+        workers=args.workers,
     )
     rows = [r.to_dict() for r in results]
     print(f"{args.checkpoint}: {agent.algo} on {rows[0]['env']}, {args.episodes} episodes per target")

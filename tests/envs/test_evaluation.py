@@ -94,6 +94,34 @@ def test_async_vectorization_equals_single_env_loop():
     np.testing.assert_allclose(res.returns, want_r, atol=1e-9)
 
 
+@pytest.mark.parametrize("workers", [2, 3], ids=lambda w: f"workers{w}")
+def test_workers_equal_single_env_loop(workers):
+    episodes, seed = 5, 11  # 5 episodes over 2 or 3 workers: uneven shares
+    want_r, want_l = single_env_loop(ScriptedPolicy(), episodes, seed)
+    (res,) = evaluate(ScriptedPolicy(), "hopper", episodes=episodes, num_envs=4, seed=seed,
+                      max_episode_steps=MAX_STEPS, progress=False, workers=workers)
+    np.testing.assert_array_equal(res.lengths, want_l)
+    np.testing.assert_allclose(res.returns, want_r, rtol=0, atol=1e-9)
+
+
+def test_worker_errors_reach_the_caller():
+    class Wrong:
+        def reset(self, env_mask, target_return):
+            pass
+
+        def act(self, observations, last_rewards):
+            return np.zeros((len(observations), 2))
+
+    with pytest.raises(ValueError, match=r"policy.act returned shape \(1, 2\), expected \(1, 3\)"):
+        evaluate(Wrong(), "hopper", episodes=2, num_envs=2, progress=False, workers=2)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        evaluate(Wrong(), "hopper", episodes=2, progress=False, workers=0)
+    with pytest.raises(ValueError, match="video recording needs workers=1"):
+        evaluate(Wrong(), "hopper", episodes=2, progress=False, workers=2, video="x.gif")
+    with pytest.raises(ValueError, match="vectorization='async' needs workers=1"):
+        evaluate(Wrong(), "hopper", episodes=2, progress=False, workers=2, vectorization="async")
+
+
 def test_no_reference_scores_and_ref_override():
     class Zero:
         def reset(self, env_mask, target_return):

@@ -186,3 +186,13 @@ def test_bench_rollout_runs_flowrl_vectorized_and_the_peer(tmp_path, fake_peer, 
         # full length: no untrained hopper falls over early, every episode runs to the limit
         assert len(rows[v]["returns"]) == 3 and rows[v]["env_steps"] == 90
     assert all(len(r["seconds"]) == 1 for r in rows.values())
+
+
+def test_bench_rollout_workers_split_the_episodes(tmp_path, capsys):
+    out = tmp_path / "rollout.json"
+    argv = ["--episodes", "3", "--num-envs", "2", "--max-episode-steps", "20", "--workers", "2", "--json", str(out)]
+    argv += ["--variants", "flow-episode", *TINY]
+    assert bench_rollout.run(_parse(bench_rollout, argv)) == 0
+    assert "flowrl flow-DT (episode, 2 workers)" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["env_steps"] == 60 and len(row["returns"]) == 3

@@ -126,6 +126,10 @@ def test_train_then_evaluate_and_resume(trained_run, hopper_npz):
     res = flowrl("evaluate", str(trained_run), "--rollout", "staggered", "--restart-every", "2", *short)
     assert res.returncode == 0, res.stderr
     assert "normalized" in res.stdout
+    two = trained_run / "eval-workers.json"
+    res = flowrl("evaluate", str(trained_run), "--workers", "2", "--target-return", "1000", "--json", str(two), *short)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(two.read_text())[0]["returns"] == pytest.approx(rows[0]["returns"], rel=1e-5)
     res = flowrl("train", "--out", str(trained_run), "--resume", "--steps", "6", "--quiet", "--eval-episodes", "0")
     assert res.returncode == 0, res.stderr
     assert (trained_run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
@@ -186,6 +190,8 @@ def test_bad_input_exit_code_2_one_line_nothing_overwritten(trained_run, hopper_
         "missing checkpoint": ["evaluate", str(tmp_path / "nothing")],
         "restart without staggered": ["evaluate", str(trained_run), "--restart-every", "2"],
         "restart beyond context": ["evaluate", str(trained_run), "--rollout", "staggered", "--restart-every", "999"],
+        "video with workers": ["evaluate", str(trained_run), "--workers", "2", "--video", str(tmp_path / "v.gif")],
+        "zero workers": ["evaluate", str(trained_run), "--workers", "0"],
         "unknown command": ["fly"],
     }
     for name, args in cases.items():
