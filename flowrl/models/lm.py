@@ -20,9 +20,12 @@ from torch import Tensor, nn
 
 from flowrl.models.classifiers import _check, _check_common, _trunk_config, check_token_ids, make_positions
 from flowrl.models.config import FlowformerConfig, JsonConfig
+from flowrl.models.decoder import FlowDecoder
 from flowrl.models.flowformer import Flowformer
 
 __all__ = ["CausalLM", "CausalLMConfig", "LMState"]
+
+_PREFILL_CHUNK = 64  # prompt tokens per decoder call in generate(): its L×L score matrix stays small
 
 
 def _causal_trunk() -> FlowformerConfig:
@@ -92,14 +95,19 @@ class CausalLM(nn.Module):
         start = 0 if state is None else state.position
         L = ids.shape[1]
         self._check_length(start + L)
-        x = self.embed(ids)  # (B, L, dim)
-        if self.positions is not None:
-            x = x + self.positions(torch.arange(start, start + L, device=ids.device)).to(x.dtype)
+        x = self._embed(ids, start)
         if not return_state and state is None:
             return self.head(self.trunk(x))
         h, layers = self.trunk(x, state=None if state is None else state.layers, return_state=True)
         logits = self.head(h)
         return (logits, LMState(layers, start + L)) if return_state else logits
+
+    def _embed(self, ids: Tensor, start: int) -> Tensor:
+        """Token plus position embeddings of ids [B, L] at positions start.., [B, L, dim]."""
+        x = self.embed(ids)
+        if self.positions is not None:
+            x = x + self.positions(torch.arange(start, start + ids.shape[1], device=ids.device)).to(x.dtype)
+        return x
 
     @torch.no_grad()
     def generate(
@@ -117,7 +125,8 @@ class CausalLM(nn.Module):
 
         Sampling from softmax(logits / temperature) restricted to the ``top_k`` most likely tokens;
         ``greedy=True`` or ``temperature=0`` takes the argmax. ``use_state=True`` feeds one token per step
-        through the recurrent state (flow: O(1) per token in the context length; softmax: a KV cache);
+        through the recurrent state (flow: O(1) per token in the context length, through a
+        :class:`~flowrl.models.FlowDecoder`; softmax: a KV cache);
         ``use_state=False`` recomputes the whole prefix at every step (O(L) per token, for checks and
         benchmarks; same tokens). Runs in eval mode (no dropout), restoring the training flag after.
         """
@@ -139,8 +148,15 @@ class CausalLM(nn.Module):
         try:
             out = [ids]
             state = None
+            decoder = FlowDecoder(self.trunk, ids.shape[0]) if use_state and self._flow_causal() else None
             for step in range(max_new_tokens):
-                if not use_state:
+                if decoder is not None:
+                    start = 0 if step == 0 else ids.shape[1] + step - 1
+                    x = self._embed(ids if step == 0 else out[-1], start)
+                    for a in range(0, x.shape[1], _PREFILL_CHUNK):  # the prompt in chunks: bounded memory
+                        h = decoder.step(x[:, a : a + _PREFILL_CHUNK])
+                    logits = self.head(h.to(self.head.weight.dtype))[:, None]
+                elif not use_state:
                     logits = self(torch.cat(out, dim=1))
                 elif step == 0:
                     logits, state = self(ids, return_state=True)
@@ -151,6 +167,10 @@ class CausalLM(nn.Module):
             self.train(was_training)
         result = torch.cat(out, dim=1)
         return result[0] if squeeze else result
+
+    def _flow_causal(self) -> bool:
+        c = self.config.trunk
+        return c.attention == "flow" and c.causal
 
     @staticmethod
     def _pick(logits: Tensor, temperature: float, top_k: int | None, greedy: bool, generator) -> Tensor:

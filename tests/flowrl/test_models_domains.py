@@ -262,6 +262,14 @@ def test_generate_with_state_matches_recomputation(attention, positions):
     assert torch.equal(s1, s2)
 
 
+def test_generate_prefills_a_long_prompt_in_chunks():
+    torch.manual_seed(0)
+    model = lm_model("flow", trunk=trunk("flow", causal=True, depth=2)).double().eval()
+    prompt = torch.randint(0, 11, (2, 150))  # three decoder calls of at most 64 tokens
+    out = model.generate(prompt, 5, greedy=True)
+    assert torch.equal(out, model.generate(prompt, 5, greedy=True, use_state=False))
+
+
 def test_generate_1d_prompt_zero_tokens_and_training_flag():
     model = lm_model().train()
     prompt = torch.tensor([1, 2, 3])
