@@ -107,12 +107,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="keep run folders under this root (default: a deleted temp folder)")
     p.add_argument("--peer-timeout", type=float, default=None, help="seconds allowed per d3rlpy run (default: none)")
     p.add_argument("--json", default=None, help="write settings, per-run raw returns and the table here")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="train nothing: print one table from the --json files of earlier runs (e.g. seeds or algorithms "
+        "run in separate processes); they must share steps, model and evaluation episodes",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
     from flowrl.envs import get_spec, load_dataset
 
+    if args.merge:
+        return _merge(args.merge, args.json)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -453,4 +463,71 @@ def peer_takes_warmup() -> bool:
 
 
 def _write_json(path: str, result: dict) -> None:
-    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    from flowrl.models.config import atomic_write_text
+
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+MERGE_KEYS = ("steps", "model", "eval_episodes")
+"""Settings every merged file must share (a table compares one budget, one model size, one evaluation)."""
+
+
+def merge_results(results: list[dict], names: list[str]) -> dict:
+    """One result from several ``--json`` results of ``bench scores`` (same budget and model; no run twice)."""
+    first = results[0]
+    for res, name in zip(results, names):
+        if res.get("bench") != "scores" or not isinstance(res.get("runs"), list):
+            raise ValueError(f"--merge: {name} is not a `flowrl bench scores --json` file")
+        for key in MERGE_KEYS:
+            if res.get(key) != first.get(key):
+                a, b = first.get(key), res.get(key)
+                raise ValueError(f"--merge: {key} differs between {names[0]} ({a}) and {name} ({b})")
+    seen: dict[tuple, str] = {}
+    runs, datasets = [], {}
+    for res, name in zip(results, names):
+        for r in res["runs"]:
+            key = (r["dataset"], r["algo"], r["seed"])
+            if key in seen:
+                raise ValueError(f"--merge: {key[0]} {key[1]} seed {key[2]} is in both {seen[key]} and {name}")
+            seen[key] = name
+            runs.append(r)
+        for d in res.get("datasets", []):
+            datasets.setdefault(d["name"], d)
+    present = {r["algo"] for r in runs}
+    warmup = dict(first["warmup_steps"])
+    for res in results:
+        if res["warmup_steps"].get("d3rlpy") is not None:
+            warmup["d3rlpy"] = res["warmup_steps"]["d3rlpy"]
+    return {
+        **{k: first[k] for k in MERGE_KEYS},
+        "bench": "scores",
+        "merged_from": names,
+        "warmup_steps": warmup,
+        "seeds": sorted({r["seed"] for r in runs}),
+        "algos": [a for a in ALGOS if a in present],
+        "bc": first["bc"],
+        "bf16": any(res.get("bf16") for res in results if set(res.get("algos", [])) - {"d3rlpy"}),
+        "machines": sorted({res.get("machine", "?") for res in results}),
+        "datasets": list(datasets.values()),
+        "runs": runs,
+    }
+
+
+def _merge(paths: list[str], json_out: str | None) -> int:
+    results = []
+    for path in paths:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--merge: cannot read {path}: {e}") from None
+    merged = merge_results(results, [str(p) for p in paths])
+    cells = summarize(merged["runs"])
+    merged["table"] = cells
+    w = merged["warmup_steps"]
+    odd_warmup = None if w.get("d3rlpy") in (None, w["dt"]) else w["d3rlpy"]
+    print(settings_text(merged) + "\n")
+    print(format_scores_table(cells, [d["name"] for d in merged["datasets"]], merged["algos"], odd_warmup))
+    print("\n" + TABLE_NOTE)
+    if json_out:
+        _write_json(json_out, merged)
+    return 0

@@ -112,6 +112,60 @@ def test_cells_average_seeds_and_spread_over_seeds_or_the_one_seeds_episodes():
     assert "d3rlpy DT (warmup 10000)" in odd
 
 
+def _result(algos, runs, steps=2000, bf16=False, peer_warmup=None):
+    return {
+        "bench": "scores",
+        "steps": steps,
+        "model": {"context": 20, "dim": 128, "layers": 3, "heads": 1, "batch": 64},
+        "eval_episodes": 10,
+        "warmup_steps": {"dt": 200, "d3rlpy": peer_warmup, "bc": 0},
+        "algos": algos,
+        "bc": {"layers": 2, "hidden": 256, "batch_size": 256},
+        "bf16": bf16,
+        "machine": "m",
+        "datasets": [
+            {"name": n, "env": "Hopper-v5", "target_return": 3600.0} for n in dict.fromkeys(r["dataset"] for r in runs)
+        ],
+        "runs": runs,
+    }
+
+
+def _run(algo, seed, score, dataset="a"):
+    return {"dataset": dataset, "algo": algo, "seed": seed, "normalized": [score, score], "score": score}
+
+
+def test_merge_prints_one_table_from_separate_runs(tmp_path, capsys):
+    files = {
+        "fl.json": _result(["flow-dt", "bc"], [_run("flow-dt", 0, 10.0), _run("bc", 0, 5.0)], bf16=True),
+        "more.json": _result(["flow-dt"], [_run("flow-dt", 1, 30.0), _run("flow-dt", 0, 7.0, dataset="b")]),
+        "d3.json": _result(["d3rlpy"], [_run("d3rlpy", 0, 50.0), _run("d3rlpy", 1, 70.0)], peer_warmup=200),
+    }
+    for name, res in files.items():
+        (tmp_path / name).write_text(json.dumps(res))
+    paths = [str(tmp_path / n) for n in files]
+    out = tmp_path / "merged.json"
+    assert bench_scores.run(_parse(["--merge", *paths, "--json", str(out)])) == 0
+    text = capsys.readouterr().out
+    row_a = next(line for line in text.splitlines() if line.startswith("| a "))
+    assert "20.0 ± 10.0 (2 seeds)" in row_a and "60.0 ± 10.0 (2 seeds)" in row_a and "5.0 ± 0.0 (1 seed)" in row_a
+    assert next(line for line in text.splitlines() if line.startswith("| b ")).count("-") == 2
+    assert "flowrl in bf16" in text
+    merged = json.loads(out.read_text())
+    assert merged["algos"] == ["flow-dt", "bc", "d3rlpy"] and merged["seeds"] == [0, 1]
+    assert merged["merged_from"] == paths and len(merged["runs"]) == 6
+
+    (tmp_path / "other.json").write_text(json.dumps(_result(["bc"], [_run("bc", 3, 1.0)], steps=1000)))
+    with pytest.raises(ValueError, match=r"steps differs between .*fl.json \(2000\) and .*other.json \(1000\)"):
+        bench_scores.run(_parse(["--merge", paths[0], str(tmp_path / "other.json")]))
+    with pytest.raises(ValueError, match="a flow-dt seed 0 is in both"):
+        bench_scores.run(_parse(["--merge", paths[0], paths[0]]))
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not a `flowrl bench scores --json` file"):
+        bench_scores.run(_parse(["--merge", str(tmp_path / "x.json")]))
+    with pytest.raises(ValueError, match="cannot read"):
+        bench_scores.run(_parse(["--merge", str(tmp_path / "missing.json")]))
+
+
 def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, tiny_npz, fake_peer, capsys):
     out, runs_root = tmp_path / "scores.json", tmp_path / "runs"
     argv = ["--datasets", str(tiny_npz), "--steps", "3", "--seeds", "2", "--eval-episodes", "1", "--num-envs", "1"]
