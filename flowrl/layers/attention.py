@@ -65,12 +65,18 @@ class _MultiHead(nn.Module):
         Returns (q, k, v, key padding mask).
         """
         self._check(x, context, padding_mask, state)
-        src = x if context is None else context
-        kpm = padding_mask if context is None else context_padding_mask
+        if context is None:  # self-attention: one product for q, k and v (x is read, and cast, once)
+            projs = (self.query_projection, self.key_projection, self.value_projection)
+            weight = torch.cat([p.weight for p in projs])
+            bias = None if projs[0].bias is None else torch.cat([p.bias for p in projs])
+            B, L, _ = x.shape
+            qkv = F.linear(x, weight, bias).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B, H, L, dim/H)
+            return q, k, v, padding_mask
         q = self._split(x, self.query_projection)
-        k = self._split(src, self.key_projection)
-        v = self._split(src, self.value_projection)
-        return q, k, v, kpm
+        k = self._split(context, self.key_projection)
+        v = self._split(context, self.value_projection)
+        return q, k, v, context_padding_mask
 
     def _check(self, x: Tensor, context: Tensor | None, padding_mask: Tensor | None, state) -> None:
         name = type(self).__name__
