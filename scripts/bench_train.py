@@ -12,9 +12,10 @@ batch 64, the original DT's Gym setting) with the same recipe (AdamW 1e-4, weigh
 
 A step is one sampled batch plus one optimiser update. Repeats alternate between the variants (the order
 rotates every repeat) so that load from other processes falls on all of them alike; the table shows the
-median steps/s over repeats. Each timed block follows ``--warmup`` untimed steps (flowrl: once per
-variant; d3rlpy: once per repeat, since each repeat is a fresh process whose start-up and imports are not
-timed).
+median steps/s over repeats. Every timed block, on both sides, follows ``--warmup`` untimed steps of the
+same variant (d3rlpy: each repeat is a fresh process whose start-up and imports are not timed). On the
+2-core VM a process that resumes after another one ran (or after idling) is ~15% slower for several
+seconds, so a block timed straight after the peer's run would be measured cold.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "to a temporary D4RL file first); default %(default)s",
     )
     p.add_argument("--steps", type=positive_int, default=100, help="timed update steps per variant and repeat")
-    p.add_argument("--warmup", type=positive_int, default=10, help="untimed update steps before timing")
+    p.add_argument(
+        "--warmup", type=positive_int, default=10, help="untimed update steps before each timed block (both sides)"
+    )
     p.add_argument("--repeats", type=positive_int, default=3, help="alternating repeats (median reported)")
     p.add_argument(
         "--variants",
@@ -97,8 +100,6 @@ def run(args: argparse.Namespace) -> int:
     times: dict[str, list[float]] = {v: [] for v in args.variants}
     losses: dict[str, float] = {}
     peer_runs: list[dict] = []
-    for trainer in trainers.values():
-        _time_updates(trainer, args.warmup)
     with d4rl_file(args.dataset, ds) as hdf5:
         for r in range(args.repeats):
             order = args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
                     times[v].append(res["steps_per_s"])
                     losses[v] = res["final_loss"]
                 else:
+                    _time_updates(trainers[v], args.warmup)
                     seconds, loss = _time_updates(trainers[v], args.steps)
                     times[v].append(args.steps / seconds)
                     losses[v] = loss

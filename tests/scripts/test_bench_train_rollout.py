@@ -102,9 +102,12 @@ def test_rollout_table_speedup_is_d3rlpy_time_over_ours():
     assert "25.0x" in line and "5,000" in line and "10,000" in line
 
 
-def test_bench_train_runs_every_variant_on_the_same_file(tmp_path, fake_peer, capsys):
+def test_bench_train_runs_every_variant_on_the_same_file(tmp_path, fake_peer, capsys, monkeypatch):
     data = _tiny_dataset(tmp_path / "tiny.hdf5")
     out = tmp_path / "train.json"
+    blocks = []  # (steps) of every block of updates flowrl ran: a warm-up before each timed block
+    timed = bench_train._time_updates
+    monkeypatch.setattr(bench_train, "_time_updates", lambda tr, n: (blocks.append(n), timed(tr, n))[1])
     args = _parse(
         bench_train,
         [
@@ -135,6 +138,7 @@ def test_bench_train_runs_every_variant_on_the_same_file(tmp_path, fake_peer, ca
     rows = {r["variant"]: r for r in result["rows"]}
     assert len(rows["flow"]["steps_per_s"]) == 2 and rows["d3rlpy"]["median"] == 2.0
     assert np.isfinite(rows["softmax"]["final_loss"])
+    assert blocks == [1, 2] * 4  # 2 flowrl variants x 2 repeats, each timed block after its own warm-up
 
 
 def test_non_hdf5_datasets_reach_d3rlpy_as_a_temporary_d4rl_copy(tmp_path):
