@@ -34,6 +34,7 @@ from flowrl.scripts.bench_train import (
     machine_text,
     model_dict,
     model_text,
+    paired_ratio,
     peer_model_kwargs,
     require_peer,
     table,
@@ -185,21 +186,22 @@ def _label(variant: str, workers: int) -> str:
 
 
 def format_rollout_table(rows: list[dict]) -> str:
-    """Markdown table: median wall-clock, env steps, steps/s, mean return and the speed-up over d3rlpy."""
-    base = next((r["median"] for r in rows if r["variant"] == "d3rlpy"), None)
+    """Markdown table: median wall-clock, env steps, steps/s, mean return and the speed-up over d3rlpy (of the
+    medians, and the median of the per-repeat speed-ups)."""
+    peer = next((r for r in rows if r["variant"] == "d3rlpy"), None)
     body = []
     for r in rows:
-        speedup = f"{base / r['median']:.1f}x" if base and r["median"] > 0 else "-"
+        speedup = f"{peer['median'] / r['median']:.1f}x" if peer and r["median"] > 0 else "-"
+        paired = f"{paired_ratio(peer['seconds'], r['seconds']):.1f}x" if peer and r["median"] > 0 else "-"
         rate = r["env_steps"] / r["median"] if r["median"] > 0 else float("nan")
         mean_ret = statistics.fmean(r["returns"]) if r["returns"] else float("nan")
         reps = " ".join(f"{x:.2f}" for x in r["seconds"])
         body.append(
-            [r["label"], f"{r['median']:.2f}", reps, f"{r['env_steps']:,}", f"{rate:,.0f}", f"{mean_ret:.1f}", speedup]
+            [r["label"], f"{r['median']:.2f}", reps, f"{r['env_steps']:,}", f"{rate:,.0f}", f"{mean_ret:.1f}", speedup,
+             paired]
         )
-    return table(
-        ["variant", "wall s (median)", "per repeat", "env steps", "env steps/s", "mean return", "speed-up vs d3rlpy"],
-        body,
-    )
+    head = ["variant", "wall s (median)", "per repeat", "env steps", "env steps/s", "mean return", "speed-up vs d3rlpy"]
+    return table([*head, "speed-up (paired)"], body)
 
 
 # ---------------------------------------------------------------------------------------------- flowrl side

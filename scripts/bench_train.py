@@ -149,16 +149,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median over repeats of numerator_i / denominator_i: each repeat's variants ran minutes apart at most,
+    so the pairing cancels the machine's drift between repeats (which a ratio of two medians does not)."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators) if b > 0)
+
+
 def format_train_table(rows: list[dict]) -> str:
-    """Markdown table: median steps/s, each repeat, last loss and the ratio to d3rlpy (when it ran)."""
-    base = next((r["median"] for r in rows if r["variant"] == "d3rlpy"), None)
+    """Markdown table: median steps/s, each repeat, last loss and the ratios to d3rlpy (when it ran): of the
+    medians, and the median of the per-repeat ratios."""
+    peer = next((r for r in rows if r["variant"] == "d3rlpy"), None)
     body = []
     for r in rows:
-        ratio = f"{r['median'] / base:.2f}x" if base else "-"
+        ratio = f"{r['median'] / peer['median']:.2f}x" if peer else "-"
+        paired = f"{paired_ratio(r['steps_per_s'], peer['steps_per_s']):.2f}x" if peer else "-"
         loss = "-" if r.get("final_loss") is None else f"{r['final_loss']:.4f}"
         reps = " ".join(f"{x:.2f}" for x in r["steps_per_s"])
-        body.append([r["label"], f"{r['median']:.2f}", reps, loss, ratio])
-    return table(["variant", "steps/s (median)", "per repeat", "last loss", "vs d3rlpy"], body)
+        body.append([r["label"], f"{r['median']:.2f}", reps, loss, ratio, paired])
+    head = ["variant", "steps/s (median)", "per repeat", "last loss", "vs d3rlpy", "vs d3rlpy (paired)"]
+    return table(head, body)
 
 
 # ---------------------------------------------------------------------------------------------- flowrl side

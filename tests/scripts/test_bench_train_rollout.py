@@ -84,6 +84,11 @@ def test_train_table_ratios_are_against_d3rlpy():
     flow_line = next(line for line in text.splitlines() if line.startswith("| flow "))
     assert "3.00x" in flow_line and "5.00 7.00" in flow_line and "0.2500" in flow_line
     assert "-" in bench_train.format_train_table(rows[:1]).splitlines()[-1]  # no d3rlpy, no ratio
+    # a machine that slows down between repeats: the paired ratio compares runs of the same repeat
+    rows[0].update(steps_per_s=[5.0, 7.0, 9.0], median=7.0)
+    rows[1].update(steps_per_s=[2.0, 4.0, 3.0], median=3.0)
+    cells = next(x for x in bench_train.format_train_table(rows).splitlines() if x.startswith("| flow ")).split("|")
+    assert [c.strip() for c in cells[-3:-1]] == ["2.33x", "2.50x"]  # 7 / 3; median of 2.5, 1.75, 3
 
 
 def test_rollout_table_speedup_is_d3rlpy_time_over_ours():
@@ -100,6 +105,10 @@ def test_rollout_table_speedup_is_d3rlpy_time_over_ours():
     ]
     line = next(x for x in bench_rollout.format_rollout_table(rows).splitlines() if x.startswith("| flow "))
     assert "25.0x" in line and "5,000" in line and "10,000" in line
+    rows[0].update(seconds=[2.0, 4.0, 3.0], median=3.0)
+    rows[1].update(seconds=[50.0, 60.0, 30.0], median=50.0)  # paired: 25, 15, 10 -> 15
+    cells = next(x for x in bench_rollout.format_rollout_table(rows).splitlines() if x.startswith("| flow ")).split("|")
+    assert [c.strip() for c in cells[-3:-1]] == ["16.7x", "15.0x"]
 
 
 def test_bench_train_runs_every_variant_on_the_same_file(tmp_path, fake_peer, capsys, monkeypatch):
