@@ -169,7 +169,8 @@ class FlowDecoder:
     # ------------------------------------------------------------------ stepping
     @torch.inference_mode()
     def step(self, x: Tensor, rows: Tensor | None = None, *, last_only: bool = True) -> Tensor:
-        """Feed tokens ``x`` [R, L, dim] to the sequences of ``rows`` (indices [R]; None: all B rows, R = B).
+        """Feed tokens ``x`` [R, L, dim] to the sequences of ``rows`` (indices [R] or a bool mask [B]; None: all
+        B rows, R = B).
 
         Returns the trunk's output (after the final norm) at the last token, [R, dim], or at every new
         token, [R, L, dim], with ``last_only=False``. Row r's output equals the trunk run over everything
@@ -177,6 +178,10 @@ class FlowDecoder:
         """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"FlowDecoder.step: x has shape {tuple(x.shape)}, expected [R, L, {self.dim}]")
+        if rows is not None:
+            rows = torch.as_tensor(rows, device=self.device)
+            if rows.dtype == torch.bool:
+                rows = rows.nonzero().squeeze(1)
         R = self.batch if rows is None else len(rows)
         if x.shape[0] != R:
             raise ValueError(f"FlowDecoder.step: x has {x.shape[0]} rows for {R} states")
@@ -185,7 +190,6 @@ class FlowDecoder:
         x = x.to(self.dtype)
         if rows is None:
             return self._run(x, self.states, last_only)
-        rows = torch.as_tensor(rows, device=self.device)
         H = self.heads
         kv_rows = (rows[:, None] * H + torch.arange(H, device=self.device)).reshape(-1)
         s = self.states

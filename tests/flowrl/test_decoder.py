@@ -63,6 +63,8 @@ def test_rows_run_independently_and_reset_alone():
     torch.testing.assert_close(h1, trunk(fresh[1:2, :3])[:, -1], rtol=1e-12, atol=1e-12)
     h02 = dec.step(x[[2, 0], 4:7], torch.tensor([2, 0]))  # any row order
     torch.testing.assert_close(h02, trunk(x)[[2, 0], 6], rtol=1e-12, atol=1e-12)
+    h0 = dec.step(x[[0], 7:8], torch.tensor([True, False, False]))  # or a bool mask
+    torch.testing.assert_close(h0, trunk(x)[[0], 7], rtol=1e-12, atol=1e-12)
     dec.reset()
     assert dec.seen.tolist() == [0, 0, 0]
     torch.testing.assert_close(dec.step(x[:, :2]), trunk(x[:, :2])[:, -1], rtol=1e-12, atol=1e-12)
