@@ -33,6 +33,16 @@ class ScriptedPolicy:
         return a.astype(np.float32)
 
 
+class WrongShape:
+    """Returns actions of size 2 for Hopper's 3."""
+
+    def reset(self, env_mask, target_return):
+        pass
+
+    def act(self, observations, last_rewards):
+        return np.zeros((len(observations), 2))
+
+
 def single_env_loop(policy, episodes, seed, target=None, max_steps=MAX_STEPS):
     env = gym.make("Hopper-v5", max_episode_steps=max_steps)
     returns, lengths = [], []
@@ -105,21 +115,14 @@ def test_workers_equal_single_env_loop(workers):
 
 
 def test_worker_errors_reach_the_caller():
-    class Wrong:
-        def reset(self, env_mask, target_return):
-            pass
-
-        def act(self, observations, last_rewards):
-            return np.zeros((len(observations), 2))
-
     with pytest.raises(ValueError, match=r"policy.act returned shape \(1, 2\), expected \(1, 3\)"):
-        evaluate(Wrong(), "hopper", episodes=2, num_envs=2, progress=False, workers=2)
+        evaluate(WrongShape(), "hopper", episodes=2, num_envs=2, progress=False, workers=2)
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
-        evaluate(Wrong(), "hopper", episodes=2, progress=False, workers=0)
+        evaluate(WrongShape(), "hopper", episodes=2, progress=False, workers=0)
     with pytest.raises(ValueError, match="video recording needs workers=1"):
-        evaluate(Wrong(), "hopper", episodes=2, progress=False, workers=2, video="x.gif")
+        evaluate(WrongShape(), "hopper", episodes=2, progress=False, workers=2, video="x.gif")
     with pytest.raises(ValueError, match="vectorization='async' needs workers=1"):
-        evaluate(Wrong(), "hopper", episodes=2, progress=False, workers=2, vectorization="async")
+        evaluate(WrongShape(), "hopper", episodes=2, progress=False, workers=2, vectorization="async")
 
 
 def test_no_reference_scores_and_ref_override():
@@ -141,19 +144,12 @@ def test_no_reference_scores_and_ref_override():
 
 
 def test_bad_policy_output_and_arguments():
-    class Wrong:
-        def reset(self, env_mask, target_return):
-            pass
-
-        def act(self, observations, last_rewards):
-            return np.zeros((len(observations), 2))
-
     with pytest.raises(ValueError, match=r"policy.act returned shape \(2, 2\), expected \(2, 3\)"):
-        evaluate(Wrong(), "hopper", episodes=2, num_envs=2, progress=False)
+        evaluate(WrongShape(), "hopper", episodes=2, num_envs=2, progress=False)
     with pytest.raises(ValueError, match="episodes and num_envs"):
-        evaluate(Wrong(), "hopper", episodes=0, progress=False)
+        evaluate(WrongShape(), "hopper", episodes=0, progress=False)
     with pytest.raises(ValueError, match=".gif or .mp4"):
-        evaluate(Wrong(), "hopper", episodes=1, progress=False, video="x.avi")
+        evaluate(WrongShape(), "hopper", episodes=1, progress=False, video="x.avi")
 
 
 def test_check_compatible(make_data):
