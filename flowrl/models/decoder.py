@@ -39,9 +39,9 @@ _ACTIVATIONS = {"gelu": F.gelu, "relu": torch.relu_}  # applied to a fresh produ
 class _Layer(NamedTuple):
     norm1: tuple[Tensor, Tensor, float]
     w_qkv: Tensor  # [3C, C]: query, key, value rows
-    b_qkv: Tensor
+    b_qkv: Tensor | None
     w_out: Tensor
-    b_out: Tensor
+    b_out: Tensor | None
     norm2: tuple[Tensor, Tensor, float]
     w_fc: Tensor
     b_fc: Tensor
@@ -111,19 +111,14 @@ class FlowDecoder:
         for block in self.trunk.blocks:
             a, mlp = block.attn, block.mlp
             projs = (a.query_projection, a.key_projection, a.value_projection)
-            w_qkv = torch.cat([cast(m.weight) for m in projs])
-            if all(m.bias is not None for m in projs):
-                b_qkv = torch.cat([cast(m.bias) for m in projs])
-            else:
-                b_qkv = torch.cat([cast(m.bias) if m.bias is not None else w_qkv.new_zeros(self.dim) for m in projs])
-            out_b = a.out_projection.bias
+            biased = a.out_projection.bias is not None  # the four projections have biases or none do
             layers.append(
                 _Layer(
                     norm(block.norm1),
-                    w_qkv,
-                    b_qkv,
+                    torch.cat([cast(m.weight) for m in projs]),
+                    torch.cat([cast(m.bias) for m in projs]) if biased else None,
                     cast(a.out_projection.weight),
-                    cast(out_b) if out_b is not None else None,
+                    cast(a.out_projection.bias) if biased else None,
                     norm(block.norm2),
                     cast(mlp.fc.weight),
                     cast(mlp.fc.bias),
