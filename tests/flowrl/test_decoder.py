@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flowrl.layers import FlowAttention
 from flowrl.models import FlowDecoder, Flowformer, FlowformerConfig
 
 GRID = [  # heads, activation, final_norm, chunk lengths fed one after another
@@ -48,6 +49,16 @@ def test_float32_matches_the_module_path():
     dec = FlowDecoder(trunk, 4)
     dec.step(x[:, :6])
     torch.testing.assert_close(dec.step(x[:, 6:]), trunk(x)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_projections_without_bias():
+    trunk = _trunk()
+    for block in trunk.blocks:
+        block.attn = FlowAttention(16, 2, causal=True, bias=False, clamp=2.0).double()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    dec = FlowDecoder(trunk, 2)
+    dec.step(x[:, :4])
+    torch.testing.assert_close(dec.step(x[:, 4:]), trunk(x)[:, -1], rtol=1e-12, atol=1e-12)
 
 
 def test_rows_run_independently_and_reset_alone():
