@@ -144,17 +144,22 @@ class FlowDecoder:
                 for x in field if isinstance(field, list) else (field,):
                     x.zero_()
             return
-        rows = torch.as_tensor(rows, device=self.device)
-        if rows.dtype == torch.bool:
-            rows = rows.nonzero().squeeze(1)
-        s, H = self.states, self.heads
+        rows, kv_rows = self._index(rows)
+        s = self.states
         s.t.index_fill_(0, rows, 0.0)
-        kv_rows = (rows[:, None] * H + torch.arange(H, device=self.device)).reshape(-1)
         for qk, rp, z, kv in zip(s.qk, s.rp, s.z, s.kv):
             qk.index_fill_(0, rows, 0.0)
             rp.index_fill_(0, rows, 0.0)
             z.index_fill_(0, rows, 0.0)
             kv.index_fill_(0, kv_rows, 0.0)
+
+    def _index(self, rows) -> tuple[Tensor, Tensor]:
+        """Row indices [R] from indices or a bool mask [B], and the rows [R·H] of the heads' kv states."""
+        rows = torch.as_tensor(rows, device=self.device)
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().squeeze(1)
+        H = self.heads
+        return rows, (rows[:, None] * H + torch.arange(H, device=self.device)).reshape(-1)
 
     @property
     def seen(self) -> Tensor:
@@ -174,9 +179,7 @@ class FlowDecoder:
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"FlowDecoder.step: x has shape {tuple(x.shape)}, expected [R, L, {self.dim}]")
         if rows is not None:
-            rows = torch.as_tensor(rows, device=self.device)
-            if rows.dtype == torch.bool:
-                rows = rows.nonzero().squeeze(1)
+            rows, kv_rows = self._index(rows)
         R = self.batch if rows is None else len(rows)
         if x.shape[0] != R:
             raise ValueError(f"FlowDecoder.step: x has {x.shape[0]} rows for {R} states")
@@ -185,8 +188,6 @@ class FlowDecoder:
         x = x.to(self.dtype)
         if rows is None:
             return self._run(x, self.states, last_only)
-        H = self.heads
-        kv_rows = (rows[:, None] * H + torch.arange(H, device=self.device)).reshape(-1)
         s = self.states
         sub = _States(
             s.t[rows],
