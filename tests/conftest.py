@@ -11,3 +11,4 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MINARI_DATASETS_PATH", os.path.join(_ROOT, "minari"))
 os.environ.setdefault("D4RL_DATASET_DIR", os.path.join(_ROOT, "d4rl"))
 os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("FLOWRL_CACHE", os.path.join(_ROOT, "cache"))  # native kernels are built here once per run

@@ -7,6 +7,15 @@ import torch
 
 from flowrl.layers import FlowAttention
 from flowrl.models import FlowDecoder, Flowformer, FlowformerConfig
+from flowrl.ops import native as native_lib
+
+
+@pytest.fixture(params=[False, True], ids=["torch", "native"])
+def native(request):
+    """Both backends of FlowDecoder: torch operators and the C++ kernel (built once per test run)."""
+    if request.param and not native_lib.available():
+        pytest.skip(f"native kernel {native_lib.status()}")
+    return request.param
 
 GRID = [  # heads, activation, final_norm, chunk lengths fed one after another
     (1, "gelu", True, (1, 1, 1, 1)),
@@ -29,11 +38,12 @@ IDS = [f"H{h}-{a}-norm{int(n)}-L{'+'.join(map(str, c))}" for h, a, n, c in GRID]
 
 
 @pytest.mark.parametrize("heads,activation,final_norm,chunks", GRID, ids=IDS)
-def test_steps_equal_full_forward(heads, activation, final_norm, chunks):
+def test_steps_equal_full_forward(heads, activation, final_norm, chunks, native):
     trunk = _trunk(heads, activation, final_norm)
     x = torch.randn(3, sum(chunks), 16, dtype=torch.float64)
     full = trunk(x)
-    every, last = FlowDecoder(trunk, 3), FlowDecoder(trunk, 3)
+    every, last = FlowDecoder(trunk, 3, native=native), FlowDecoder(trunk, 3, native=native)
+    assert every.native == native
     got, pos = [], 0
     for L in chunks:
         got.append(every.step(x[:, pos : pos + L], last_only=False))
@@ -43,29 +53,29 @@ def test_steps_equal_full_forward(heads, activation, final_norm, chunks):
     assert every.seen.tolist() == [sum(chunks)] * 3
 
 
-def test_float32_matches_the_module_path():
+def test_float32_matches_the_module_path(native):
     trunk = _trunk(dtype=torch.float32)
     x = torch.randn(4, 9, 16)
-    dec = FlowDecoder(trunk, 4)
+    dec = FlowDecoder(trunk, 4, native=native)
     dec.step(x[:, :6])
     torch.testing.assert_close(dec.step(x[:, 6:]), trunk(x)[:, -1], rtol=1e-5, atol=1e-5)
 
 
-def test_projections_without_bias():
+def test_projections_without_bias(native):
     trunk = _trunk()
     for block in trunk.blocks:
         block.attn = FlowAttention(16, 2, causal=True, bias=False, clamp=2.0).double()
     x = torch.randn(2, 7, 16, dtype=torch.float64)
-    dec = FlowDecoder(trunk, 2)
+    dec = FlowDecoder(trunk, 2, native=native)
     dec.step(x[:, :4])
     torch.testing.assert_close(dec.step(x[:, 4:]), trunk(x)[:, -1], rtol=1e-12, atol=1e-12)
 
 
-def test_rows_run_independently_and_reset_alone():
+def test_rows_run_independently_and_reset_alone(native):
     trunk = _trunk()
     x = torch.randn(3, 8, 16, dtype=torch.float64)
     fresh = torch.randn(3, 8, 16, dtype=torch.float64)
-    dec = FlowDecoder(trunk, 3)
+    dec = FlowDecoder(trunk, 3, native=native)
     dec.step(x[:, :4])
     # rows 0 and 2 continue; row 1 restarts (bool mask) and reads a new sequence
     dec.reset(torch.tensor([False, True, False]))
@@ -81,10 +91,10 @@ def test_rows_run_independently_and_reset_alone():
     torch.testing.assert_close(dec.step(x[:, :2]), trunk(x[:, :2])[:, -1], rtol=1e-12, atol=1e-12)
 
 
-def test_refresh_reads_changed_weights():
+def test_refresh_reads_changed_weights(native):
     trunk = _trunk()
     x = torch.randn(2, 5, 16, dtype=torch.float64)
-    dec = FlowDecoder(trunk, 2)
+    dec = FlowDecoder(trunk, 2, native=native)
     with torch.no_grad():
         for p in trunk.parameters():
             p.add_(0.05)
@@ -109,3 +119,31 @@ def test_bad_trunks_and_inputs():
         dec.step(torch.zeros(3, 1, 16))
     with pytest.raises(ValueError, match="no tokens"):
         dec.step(torch.zeros(2, 0, 16))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize("dim,heads", [(40, 1), (96, 3), (128, 1)])
+def test_native_head_sizes(dim, heads, dtype, tol):
+    """Head sizes that fill the kernel's vector blocks exactly, partly, or not at all; long and short chunks."""
+    if not native_lib.available():
+        pytest.skip(f"native kernel {native_lib.status()}")
+    torch.manual_seed(1)
+    cfg = FlowformerConfig(dim=dim, depth=2, heads=heads, causal=True, dropout=0.0)
+    trunk = Flowformer(cfg).to(dtype).eval()
+    x = torch.randn(7, 23, dim, dtype=dtype)  # 7 rows: blocks of 6 rows and one left over in the products
+    full = trunk(x)
+    dec = FlowDecoder(trunk, 7, native=True)
+    torch.testing.assert_close(dec.step(x[:, :13], last_only=False), full[:, :13], rtol=tol, atol=tol)
+    for t in range(13, 23):
+        torch.testing.assert_close(dec.step(x[:, t : t + 1]), full[:, t], rtol=tol, atol=tol)
+
+
+def test_native_rows_out_of_range():
+    if not native_lib.available():
+        pytest.skip(f"native kernel {native_lib.status()}")
+    dec = FlowDecoder(_trunk(), 3, native=True)
+    with pytest.raises(ValueError, match=r"rows must be in \[0, 3\)"):
+        dec.step(torch.zeros(1, 1, 16, dtype=torch.float64), torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"rows must be in \[0, 3\)"):
+        dec.step(torch.zeros(1, 1, 16, dtype=torch.float64), torch.tensor([-1]))
+    assert dec.seen.tolist() == [0, 0, 0]  # nothing ran

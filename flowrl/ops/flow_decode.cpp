@@ -1,0 +1,345 @@
+// Fused recurrent step of a causal Flow-Attention trunk: the whole of FlowDecoder._run (every block, the final
+// norm) in one call, for the small calls of a rollout or a decoding loop. Built and loaded by
+// flowrl/ops/native.py (plain C ABI through ctypes: no torch headers, so it compiles in about a second).
+//
+// The maths is that of flowrl/models/decoder.py (steps 1-4 of the causal flow scans, continued from carried
+// sums); the products are small register-blocked GEMMs over the transposed weights.
+//
+// Layout (all row-major, contiguous, dtype T):
+//   x [R, L, C] tokens; out [R, C] (last_only) or [R, L, C]
+//   weights: 12 pointers per layer: norm1 w, b; w_qkv^T [C, 3C]; b_qkv [3C] or null; w_out^T [C, C];
+//            b_out [C] or null; norm2 w, b; w_fc^T [C, F]; b_fc [F]; w_proj^T [F, C]; b_proj [C]
+//   norm_eps: 2 per layer (norm1, norm2)
+//   states: t [B]; 4 pointers per layer: qk [B, 2C] = [Σq | Σk], rp [B, 2C] = [Σ I q | Σ O k], z [B, H],
+//           kv [B·H, Dh, Dh]; rows [R] (int64) picks the state row of each input row (null: row r).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <vector>
+
+namespace {
+
+// y[i, n0:n0+NB] (+)= x[i, :] @ wt[:, n0:n0+NB] + b for MB rows, accumulators in registers.
+template <typename T, int MB, int NB>
+inline void tile(const T* __restrict x, int K, const T* __restrict wt, int N, const T* __restrict b,
+                 T* __restrict y, bool accumulate) {
+  T acc[MB][NB];
+  for (int i = 0; i < MB; i++)
+    for (int j = 0; j < NB; j++) acc[i][j] = (accumulate ? y[i * N + j] : T(0)) + (b ? b[j] : T(0));
+  for (int k = 0; k < K; k++) {
+    const T* w = wt + (size_t)k * N;
+    for (int i = 0; i < MB; i++) {
+      const T a = x[(size_t)i * K + k];
+      for (int j = 0; j < NB; j++) acc[i][j] += a * w[j];
+    }
+  }
+  for (int i = 0; i < MB; i++)
+    for (int j = 0; j < NB; j++) y[i * N + j] = acc[i][j];
+}
+
+// columns n0 .. n0+NB of every row, in blocks of 6 rows
+template <typename T, int NB>
+void panel(const T* x, int M, int K, const T* wt, int N, const T* b, T* y, int n0, bool accumulate) {
+  const T* bb = b ? b + n0 : nullptr;
+  int m = 0;
+  for (; m + 6 <= M; m += 6) tile<T, 6, NB>(x + (size_t)m * K, K, wt + n0, N, bb, y + (size_t)m * N + n0, accumulate);
+  const T* xm = x + (size_t)m * K;
+  T* ym = y + (size_t)m * N + n0;
+  switch (M - m) {
+    case 5: tile<T, 5, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
+    case 4: tile<T, 4, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
+    case 3: tile<T, 3, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
+    case 2: tile<T, 2, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
+    case 1: tile<T, 1, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
+    default: break;
+  }
+}
+
+// y [M, N] (+)= x [M, K] @ wt [K, N] + b
+template <typename T>
+void gemm(const T* x, int M, int K, const T* wt, int N, const T* b, T* y, bool accumulate) {
+  constexpr int NB = 128 / sizeof(T);  // two 64-byte vectors per accumulator row
+  constexpr int NS = 32 / sizeof(T);   // tails: a 32-byte vector
+  int n = 0;
+  for (; n + NB <= N; n += NB) panel<T, NB>(x, M, K, wt, N, b, y, n, accumulate);
+  for (; n + NS <= N; n += NS) panel<T, NS>(x, M, K, wt, N, b, y, n, accumulate);
+  for (; n < N; n++)
+    for (int m = 0; m < M; m++) {
+      T s = (accumulate ? y[(size_t)m * N + n] : T(0)) + (b ? b[n] : T(0));
+      for (int k = 0; k < K; k++) s += x[(size_t)m * K + k] * wt[(size_t)k * N + n];
+      y[(size_t)m * N + n] = s;
+    }
+}
+
+// 64-byte vectors of T (GCC/Clang vector extension), loadable from any T-aligned address.
+template <typename T>
+struct Vec {
+  typedef T V __attribute__((vector_size(64), aligned(sizeof(T))));
+  static constexpr int W = 64 / sizeof(T);
+};
+
+// Σ (a + e)(b + e) over n values, in vector lanes (GCC does not vectorize a float reduction on its own: it
+// would reorder the sum). e = 0: a plain dot product.
+template <typename T>
+inline T dot(const T* a, const T* b, int n, T e = T(0)) {
+  using V = typename Vec<T>::V;
+  constexpr int W = Vec<T>::W;
+  V acc = V{};
+  int i = 0;
+  for (; i + W <= n; i += W) acc += (*(const V*)(a + i) + e) * (*(const V*)(b + i) + e);
+  T s = 0;
+  for (int j = 0; j < W; j++) s += acc[j];
+  for (; i < n; i++) s += (a[i] + e) * (b[i] + e);
+  return s;
+}
+
+template <typename T>
+inline T sum(const T* a, int n) {
+  using V = typename Vec<T>::V;
+  constexpr int W = Vec<T>::W;
+  V acc = V{};
+  int i = 0;
+  for (; i + W <= n; i += W) acc += *(const V*)(a + i);
+  T s = 0;
+  for (int j = 0; j < W; j++) s += acc[j];
+  for (; i < n; i++) s += a[i];
+  return s;
+}
+
+template <typename T>
+void layer_norm(const T* x, int M, int C, const T* w, const T* b, double eps, T* y) {
+  for (int m = 0; m < M; m++) {
+    const T* xm = x + (size_t)m * C;
+    T* ym = y + (size_t)m * C;
+    const T mean = sum(xm, C) / C;
+    const T var = dot(xm, xm, C, -mean);
+    const T rstd = T(1) / std::sqrt(var / C + T(eps));
+    for (int c = 0; c < C; c++) ym[c] = (xm[c] - mean) * rstd * w[c] + b[c];
+  }
+}
+
+// exp, sigmoid and erf: std:: in double; in float, branch-free forms the compiler vectorizes (the scalar
+// library calls were a third of a step). exp: Cephes' range reduction and polynomial (about 1 ulp); erf:
+// Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, the size of float32's epsilon). No floor() and
+// no memcpy in them: either keeps GCC from vectorizing the loop.
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5·2^23 trick)
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  return p * __builtin_bit_cast(float, bits);
+}
+inline double fast_exp(double x) { return std::exp(x); }
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + fast_exp(-x));
+}
+
+inline float erf_(float x) {
+  const float a = std::fabs(x);
+  const float t = 1.0f / (1.0f + 0.3275911f * a);
+  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  return std::copysign(1.0f - poly * fast_exp(-a * a), x);
+}
+inline double erf_(double x) { return std::erf(x); }
+
+// One head's state S [Dh, Dh] (+)= k_g (C v)_g^T for G tokens in turn, y_g += q_g S after token g's update.
+// Blocks of two vectors of columns: the (C v) blocks, S's block row and the y accumulators stay in
+// registers, so S is read and written once per call (plain arrays here left the accumulators on the stack,
+// 4x slower).
+template <typename T, int G>
+void kv_tokens(T* __restrict S, int Dh, const T* const* k, const T* const* vc, const T* const* q, T* const* y) {
+  using V = typename Vec<T>::V;
+  constexpr int W = Vec<T>::W;
+  int j0 = 0;
+  for (; j0 + 2 * W <= Dh; j0 += 2 * W) {
+    V v0[G], v1[G], a0[G], a1[G];
+    for (int g = 0; g < G; g++) {
+      v0[g] = *(const V*)(vc[g] + j0);
+      v1[g] = *(const V*)(vc[g] + j0 + W);
+      a0[g] = V{};
+      a1[g] = V{};
+    }
+    for (int i = 0; i < Dh; i++) {
+      V* Si = (V*)(S + (size_t)i * Dh + j0);
+      V* Si1 = (V*)(S + (size_t)i * Dh + j0 + W);
+      V s0 = *Si, s1 = *Si1;
+      for (int g = 0; g < G; g++) {
+        const T kg = k[g][i], qg = q[g][i];
+        s0 += kg * v0[g];
+        s1 += kg * v1[g];
+        a0[g] += qg * s0;
+        a1[g] += qg * s1;
+      }
+      *Si = s0;
+      *Si1 = s1;
+    }
+    for (int g = 0; g < G; g++) {
+      *(V*)(y[g] + j0) += a0[g];
+      *(V*)(y[g] + j0 + W) += a1[g];
+    }
+  }
+  for (; j0 < Dh; j0++)  // columns left over (Dh not a multiple of 2 vectors)
+    for (int i = 0; i < Dh; i++) {
+      T& sij = S[(size_t)i * Dh + j0];
+      for (int g = 0; g < G; g++) {
+        sij += k[g][i] * vc[g][j0];
+        y[g][j0] += q[g][i] * sij;
+      }
+    }
+}
+
+template <typename T>
+void kv_update(T* S, int Dh, int L, const T* const* k, const T* const* vc, const T* const* q, T* const* y) {
+  for (int l = 0; l < L; l += 4) {
+    switch (std::min(4, L - l)) {
+      case 4: kv_tokens<T, 4>(S, Dh, k + l, vc + l, q + l, y + l); break;
+      case 3: kv_tokens<T, 3>(S, Dh, k + l, vc + l, q + l, y + l); break;
+      case 2: kv_tokens<T, 2>(S, Dh, k + l, vc + l, q + l, y + l); break;
+      default: kv_tokens<T, 1>(S, Dh, k + l, vc + l, q + l, y + l); break;
+    }
+  }
+}
+
+template <typename T>
+struct Layer {
+  const T *n1w, *n1b, *wqkv, *bqkv, *wout, *bout, *n2w, *n2b, *wfc, *bfc, *wproj, *bproj;
+};
+
+template <typename T>
+int run(void* const* weights, const double* norm_eps, const T* final_w, const T* final_b, double final_eps,
+        T* t_state, void* const* states, const int64_t* rows, int R, int L, int C, int H, int F, int layers,
+        double eps_d, double clamp_d, int gelu, int last_only, const T* x, T* out) {
+  const int Dh = C / H;
+  const int M = R * L;
+  const T eps = T(eps_d), clamp = T(clamp_d);
+  std::vector<T> xcur(x, x + (size_t)M * C), xn((size_t)M * C), qkv((size_t)M * 3 * C), y((size_t)M * C),
+      hid((size_t)M * F), scale((size_t)L * H), yl((size_t)L * C);
+  std::vector<const T*> qp(L), kp(L), vp(L);
+  std::vector<T*> yp(L);
+  int Mo = M;  // rows of the residual stream still computed (R once the last block keeps the last token)
+  for (int li = 0; li < layers; li++) {
+    const Layer<T>& w = reinterpret_cast<const Layer<T>*>(weights)[li];
+    T* qk_state = static_cast<T*>(states[4 * li + 0]);
+    T* rp_state = static_cast<T*>(states[4 * li + 1]);
+    T* z_state = static_cast<T*>(states[4 * li + 2]);
+    T* kv_state = static_cast<T*>(states[4 * li + 3]);
+    const bool only_last = last_only && li == layers - 1;
+
+    layer_norm<T>(xcur.data(), M, C, w.n1w, w.n1b, norm_eps[2 * li], xn.data());
+    gemm<T>(xn.data(), M, C, w.wqkv, 3 * C, w.bqkv, qkv.data(), false);
+
+    for (int r = 0; r < R; r++) {
+      const int64_t s = rows ? rows[r] : r;
+      T* qks = qk_state + s * 2 * C;  // [Σq | Σk]
+      T* rps = rp_state + s * 2 * C;  // [Σ I q | Σ O k]
+      T* zs = z_state + s * H;
+      const T t0 = t_state[s];
+      // 1-3: the scans, token by token; v becomes C·v in place
+      for (int l = 0; l < L; l++) {
+        T* q = qkv.data() + (size_t)(r * L + l) * 3 * C;
+        T* k = q + C;
+        T* v = q + 2 * C;
+        const T tt = t0 + T(l + 1);
+        for (int c = 0; c < 2 * C; c++) {
+          q[c] = sigmoid(q[c]);  // q and k: the 2C values from q
+          qks[c] += q[c];
+        }
+        for (int h = 0; h < H; h++) {
+          const int o = h * Dh;
+          const T dI = dot(q + o, qks + C + o, Dh, eps), dO = dot(k + o, qks + o, Dh, eps);
+          const T I = tt / dI, O = tt / dO;
+          for (int d = 0; d < Dh; d++) {
+            rps[o + d] += I * q[o + d];
+            rps[C + o + d] += O * k[o + d];
+          }
+          T sink = dot(q + o, rps + C + o, Dh, eps), source = dot(k + o, rps + o, Dh, eps);
+          sink /= tt;
+          source /= tt;
+          const T e = fast_exp(std::min(std::max(source, -clamp), clamp));
+          zs[h] += e;
+          const T competition = tt * e / zs[h];
+          for (int d = 0; d < Dh; d++) v[o + d] *= competition;
+          scale[l * H + h] = sigmoid(sink) / dI;
+        }
+      }
+      // 4: S += k (C v)^T token by token, y_l = σ(Î_l)/dI_l · q_l S (kept at the last token only in the
+      // last block: its rows of y are compacted to one per input row)
+      std::fill(yl.begin(), yl.end(), T(0));
+      for (int h = 0; h < H; h++) {
+        const int o = h * Dh;
+        for (int l = 0; l < L; l++) {
+          const T* q = qkv.data() + (size_t)(r * L + l) * 3 * C;
+          qp[l] = q + o;
+          kp[l] = q + C + o;
+          vp[l] = q + 2 * C + o;
+          yp[l] = yl.data() + (size_t)l * C + o;
+        }
+        kv_update<T>(kv_state + (s * H + h) * (size_t)Dh * Dh, Dh, L, kp.data(), vp.data(), qp.data(), yp.data());
+      }
+      const int l_first = only_last ? L - 1 : 0;
+      T* yr = y.data() + (size_t)(only_last ? r : r * L) * C;
+      for (int l = l_first; l < L; l++)
+        for (int h = 0; h < H; h++) {
+          const T sc = scale[l * H + h];
+          const T* src = yl.data() + (size_t)l * C + h * Dh;
+          T* dst = yr + (size_t)(l - l_first) * C + h * Dh;
+          for (int j = 0; j < Dh; j++) dst[j] = src[j] * sc;
+        }
+    }
+    if (only_last) {  // keep each row's last token in the residual stream
+      for (int r = 0; r < R; r++)
+        std::memmove(xcur.data() + (size_t)r * C, xcur.data() + (size_t)(r * L + L - 1) * C, sizeof(T) * C);
+      Mo = R;
+    }
+    gemm<T>(y.data(), Mo, C, w.wout, C, w.bout, xcur.data(), true);
+    layer_norm<T>(xcur.data(), Mo, C, w.n2w, w.n2b, norm_eps[2 * li + 1], xn.data());
+    gemm<T>(xn.data(), Mo, C, w.wfc, F, w.bfc, hid.data(), false);
+    T* hd = hid.data();
+    const size_t nh = (size_t)Mo * F;
+    if (gelu) {
+      const T inv_sqrt2 = T(0.70710678118654752440);
+      for (size_t i = 0; i < nh; i++) hd[i] = T(0.5) * hd[i] * (T(1) + erf_(hd[i] * inv_sqrt2));
+    } else {
+      for (size_t i = 0; i < nh; i++) hd[i] = std::max(hd[i], T(0));
+    }
+    gemm<T>(hd, Mo, F, w.wproj, C, w.bproj, xcur.data(), true);
+  }
+  for (int r = 0; r < R; r++) t_state[rows ? rows[r] : r] += T(L);
+  if (final_w)
+    layer_norm<T>(xcur.data(), Mo, C, final_w, final_b, final_eps, out);
+  else
+    std::memcpy(out, xcur.data(), sizeof(T) * (size_t)Mo * C);
+  return 0;
+}
+
+}  // namespace
+
+#define FLOW_DECODE(NAME, T)                                                                                    \
+  extern "C" int NAME(void* const* weights, const double* norm_eps, const T* final_w, const T* final_b,         \
+                      double final_eps, T* t_state, void* const* states, const int64_t* rows, int R, int L,     \
+                      int C, int H, int F, int layers, double eps, double clamp, int gelu, int last_only,       \
+                      const T* x, T* out) {                                                                     \
+    try {                                                                                                       \
+      return run<T>(weights, norm_eps, final_w, final_b, final_eps, t_state, states, rows, R, L, C, H, F,       \
+                    layers, eps, clamp, gelu, last_only, x, out);                                               \
+    } catch (const std::bad_alloc&) {                                                                           \
+      return 1;                                                                                                 \
+    }                                                                                                           \
+  }
+
+FLOW_DECODE(flow_decode_f32, float)
+FLOW_DECODE(flow_decode_f64, double)
+
+extern "C" int flow_decode_abi_version() { return 1; }
