@@ -16,8 +16,9 @@ offers three ways to roll a Decision Transformer forward (``rollout=``):
 - ``"episode"`` (Flow-Attention): one recurrent state per environment over the whole episode, no window
   at all (the model sees more than the K steps it was trained on; cheapest, check its scores).
 
-The recurrent states live in a :class:`flowrl.models.FlowDecoder` (fused projections, states updated in
-place), which computes what the trunk's stateful forward would, at about a third of the per-step cost.
+The recurrent states live in a :class:`flowrl.models.FlowDecoder`, which computes what the trunk's stateful
+forward would: on a CPU in one call of its C++ kernel per step (:mod:`flowrl.ops.native`), else with fused
+projections and states updated in place.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from flowrl.agents.models import STATE_TOKEN, TOKENS_PER_STEP
 
 from flowrl.models import FlowDecoder
+from flowrl.ops import native
 
 __all__ = ["DTPolicy", "BCPolicy", "ROLLOUTS"]
 
@@ -67,6 +69,8 @@ class DTPolicy:
         self.restart_every = s if rollout == "staggered" else None
         self.slots = -(-K // s) if rollout == "staggered" else 1  # recurrent states per environment
         self.n = 0  # number of environments
+        if self.recurrent:
+            native.library()  # build the decode kernel now, not in each forked evaluation worker at once
 
     # ------------------------------------------------------------------ protocol
     def reset(self, env_mask: np.ndarray, target_return: float | None = None) -> None:
@@ -127,6 +131,12 @@ class DTPolicy:
             rows = n * self.slots  # row i * slots + j: environment i, slot j
         if self.recurrent:
             self.decoder = FlowDecoder(self.model.trunk, rows)
+        # window mode, native kernel: full windows are recomputed from fresh states too (one kernel call
+        # instead of the module forward; the same outputs)
+        self.window_decoder = (
+            FlowDecoder(self.model.trunk, n) if self.rollout == "window" and self.recurrent and self.decoder.native
+            else None
+        )
 
     def _tensor(self, x, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x), dtype=dtype or self.dtype, device=self.device)
@@ -232,6 +242,17 @@ class DTPolicy:
     def _act_full_window(self, rows: np.ndarray) -> np.ndarray:
         """Recompute each row's window (right-padded to K) and read the action at its last state token."""
         a = self.agent
+        L = TOKENS_PER_STEP * (self.K - 1) + STATE_TOKEN + 1  # full windows (t >= K) up to their last state token
+        if self.window_decoder is not None and self.window_decoder.uses_kernel(len(rows), L):
+            tokens = self.model.embed(
+                self.model.normalizer(self._tensor(self.states[rows])),
+                self._tensor(self.actions[rows]),
+                self._tensor(self.rtg[rows, :, None] * a.config.reward_scale),
+                self._tensor(self.timesteps[rows], torch.long),
+            )[:, :L]
+            idx = torch.as_tensor(rows, device=self.device)
+            self.window_decoder.reset(idx)
+            return self.model.predict_action(self.window_decoder.step(tokens, idx)).float().cpu().numpy()
         pred = self.model(
             self.model.normalizer(self._tensor(self.states[rows])),
             self._tensor(self.actions[rows]),

@@ -19,6 +19,8 @@ from flowrl.agents import (
 )
 from flowrl.agents.config import config_from_dict
 
+from flowrl.ops import native
+
 from .conftest import random_dataset, toy_dataset
 
 AGENTS = {
@@ -185,8 +187,13 @@ def _acting_start(rollout: str, every: int | None, t: int, K: int) -> int:
     return every * -(-max(0, t - K + 1) // every)  # the oldest restart at most K steps back
 
 
+@pytest.mark.parametrize("kernel", ["native", "torch"])
 @pytest.mark.parametrize("attention,rollout,every", ROLLOUT_CASES, ids=[f"{a}-{r}-{e}" for a, r, e in ROLLOUT_CASES])
-def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, every):
+def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, every, kernel, monkeypatch):
+    if kernel == "torch":
+        monkeypatch.setenv("FLOWRL_NATIVE", "0")
+    elif not native.available():
+        pytest.skip(f"native kernel {native.status()}")
     torch.manual_seed(0)
     K = 5
     cfg = DecisionTransformerConfig(context=K, dim=16, depth=2, heads=2, attention=attention, dropout=0.0)
@@ -195,6 +202,10 @@ def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, eve
     agent.model.normalizer.set(np.full(4, 0.5), np.full(4, 2.0))
     policy = agent.make_policy(rollout=rollout, restart_every=every)
     n, steps = 3, 23
+    if attention == "flow":  # the decoders run where asked (window mode: full windows too)
+        policy.reset(np.ones(n, bool), target_return=30.0)
+        assert policy.decoder.native == (kernel == "native")
+        assert (policy.window_decoder is not None) == (kernel == "native" and rollout == "window")
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(steps, n, 4)).astype(np.float32)
     rew = rng.normal(size=(steps, n)).astype(np.float32)
