@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from flowrl.envs import get_spec
 
+    from flowrl.ops import native
+
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -151,11 +153,12 @@ def run(args: argparse.Namespace) -> int:
         }
         for v in args.variants
     ]
+    kernel = native.status()
     print(f"\n{machine_text(threads)}")
     print(
         f"{args.episodes} episodes of {spec.gym_id} (target return {target:g}, "
         f"{'full length' if args.full_length else 'natural termination'}); {model_text(args)}; "
-        f"flowrl: {min(args.num_envs, args.episodes)} envs at once\n"
+        f"flowrl: {min(args.num_envs, args.episodes)} envs at once, native decode kernel {kernel}\n"
     )
     print(format_rollout_table(rows))
     if args.json:
@@ -169,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             "model": model_dict(args),
             "threads": threads,
             "machine": machine_text(threads),
+            "native_kernel": kernel,
             "rows": rows,
         }
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -16,6 +16,8 @@ from flowrl.scripts import bench_rollout, bench_train
 from flowrl.scripts.peers import PeerEnvError
 from flowrl.scripts.peers.run import build_runner_command
 
+from flowrl.ops import native
+
 from .conftest import tiny_hopper_dataset
 
 # one torch thread: tiny ops are dominated by thread hand-offs, which a loaded test machine makes slow
@@ -194,7 +196,9 @@ def test_bench_rollout_runs_flowrl_vectorized_and_the_peer(tmp_path, fake_peer, 
     assert sub == "rollout-speed" and kw["env"] == "Hopper-v5" and kw["episodes"] == 3
     assert kw["target_return"] == 3600.0 and kw["full_length"] is True and kw["model"] is None
     assert kw["max_episode_steps"] == 30 and kw["threads"] == 1
-    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    result = json.loads(out.read_text())
+    assert result["native_kernel"] == native.status() and f"native decode kernel {native.status()}" in table
+    rows = {r["variant"]: r for r in result["rows"]}
     for v in ("flow", "flow-staggered", "flow-episode", "softmax"):
         # full length: no untrained hopper falls over early, every episode runs to the limit
         assert len(rows[v]["returns"]) == 3 and rows[v]["env_steps"] == 90
