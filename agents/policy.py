@@ -131,6 +131,7 @@ class DTPolicy:
             rows = n * self.slots  # row i * slots + j: environment i, slot j
         if self.recurrent:
             self.decoder = FlowDecoder(self.model.trunk, rows)
+        self.step_embed = _StepEmbedding(self.model, self.dtype) if self.recurrent else None
         # window mode, native kernel: full windows are recomputed from fresh states too (one kernel call
         # instead of the module forward; the same outputs)
         self.window_decoder = (
@@ -143,13 +144,11 @@ class DTPolicy:
 
     def _step_tokens(self, prev_actions, rtg, states, t) -> torch.Tensor:
         """Tokens [a_{t-1}, R̂_t, s_t], [n, 3, dim], of raw (unnormalised, unscaled) numpy rows."""
-        m = self.model
-        return m.embed_step(
-            self._tensor(prev_actions),
-            self._tensor(np.asarray(rtg)[:, None] * self.agent.config.reward_scale),
-            m.normalizer(self._tensor(states)),
-            self._tensor(t, torch.long),
-        )
+        return self.step_embed.tokens(prev_actions, rtg, states, t)
+
+    def _predict(self, h: torch.Tensor) -> np.ndarray:
+        """Actions [R, act_dim] (numpy float32) from trunk outputs at state tokens."""
+        return self.step_embed.actions(h)
 
     def _run_rows(self, x: torch.Tensor, rows: np.ndarray | None, *, fresh: bool = False) -> torch.Tensor:
         """Feed tokens x [R, L, dim] to the recurrent states of ``rows`` (None: all rows, in order; ``fresh``:
@@ -196,8 +195,7 @@ class DTPolicy:
         if self.rollout == "staggered":
             age = np.where(age <= K, age, -1)
         acting = np.arange(n) * S + age.argmax(1)
-        pred = self.model.predict_action(h[torch.as_tensor(acting, device=h.device)])
-        out = pred.float().cpu().numpy()
+        out = self._predict(h[torch.as_tensor(acting, device=h.device)] if S > 1 else h)
         self.prev_action = out.copy()
         return out
 
@@ -236,7 +234,7 @@ class DTPolicy:
             pick = first == is_first
             if pick.any():
                 h = self._run_rows(x[torch.as_tensor(np.flatnonzero(pick))][:, int(is_first) :], rows[pick])
-                out[pick] = self.model.predict_action(h).float().cpu().numpy()
+                out[pick] = self._predict(h)
         return out
 
     def _act_full_window(self, rows: np.ndarray) -> np.ndarray:
@@ -252,7 +250,7 @@ class DTPolicy:
             )[:, :L]
             idx = torch.as_tensor(rows, device=self.device)
             self.window_decoder.reset(idx)
-            return self.model.predict_action(self.window_decoder.step(tokens, idx)).float().cpu().numpy()
+            return self._predict(self.window_decoder.step(tokens, idx))
         pred = self.model(
             self.model.normalizer(self._tensor(self.states[rows])),
             self._tensor(self.actions[rows]),
@@ -261,6 +259,47 @@ class DTPolicy:
         )  # (R, K, act) — predictions at every state token
         last = torch.as_tensor(self.length[rows] - 1, device=self.device)
         return pred[torch.arange(len(rows), device=self.device), last].float().cpu().numpy()
+
+
+class _StepEmbedding:
+    """``DecisionTransformer.embed_step`` and ``predict_action`` as a handful of tensor operators for the per-step
+    calls of a rollout (inference only; the weights of the moment, re-read at a policy's every full reset).
+
+    The three token embeddings are one product over the concatenated inputs [a_{t-1} | R̂_t | s_t] with a
+    block-diagonal weight, the time embeddings of [t-1, t, t] one lookup; states are normalised and returns
+    scaled in numpy first (folding the normaliser into the weights would cancel catastrophically in float32
+    for state dimensions of tiny std). Equal to the module path (the policy tests run both).
+    """
+
+    def __init__(self, model, dtype: torch.dtype):
+        a, r, s = model.embed_action, model.embed_return, model.embed_state
+        A, O, d = a.in_features, s.in_features, model.config.dim
+        cast = lambda x: x.detach().to(dtype)  # noqa: E731
+        w = torch.zeros(3, d, A + 1 + O, dtype=dtype, device=a.weight.device)
+        w[0, :, :A], w[1, :, A : A + 1], w[2, :, A + 1 :] = cast(a.weight), cast(r.weight), cast(s.weight)
+        self.weight, self.bias = w.reshape(3 * d, A + 1 + O), torch.cat([cast(a.bias), cast(r.bias), cast(s.bias)])
+        self.time = cast(model.embed_timestep.weight)
+        norm = model.embed_norm
+        self.norm = ((d,), cast(norm.weight), cast(norm.bias), norm.eps)
+        self.head = (cast(model.predict_action[0].weight), cast(model.predict_action[0].bias))
+        self.mean = model.normalizer.state_mean.detach().cpu().double().numpy()
+        self.std = model.normalizer.state_std.detach().cpu().double().numpy()
+        self.scale, self.top = model.config.reward_scale, model.config.max_timestep - 1
+        self.dtype, self.device, self.np_dtype = dtype, a.weight.device, torch.empty((), dtype=dtype).numpy().dtype
+        self.d = d
+
+    def tokens(self, prev_actions, rtg, states, t) -> torch.Tensor:
+        x = np.concatenate(
+            [prev_actions, np.asarray(rtg, np.float64)[:, None] * self.scale, (states - self.mean) / self.std], 1
+        ).astype(self.np_dtype, copy=False)
+        t = np.asarray(t)
+        times = np.minimum(np.stack([np.maximum(t - 1, 0), t, t], 1), self.top)  # np.clip: 10x the overhead
+        tok = torch.nn.functional.linear(torch.as_tensor(x, device=self.device), self.weight, self.bias)
+        tok = tok.view(len(x), 3, self.d).add_(self.time[torch.as_tensor(times, device=self.device)])
+        return torch.nn.functional.layer_norm(tok, *self.norm)
+
+    def actions(self, h: torch.Tensor) -> np.ndarray:
+        return torch.tanh(torch.nn.functional.linear(h, *self.head)).float().cpu().numpy()
 
 
 assert STATE_TOKEN == 1 and TOKENS_PER_STEP == 3  # the token order the recurrent path feeds

@@ -156,6 +156,26 @@ def test_embed_step_equals_the_tokens_of_a_full_embedding():
     torch.testing.assert_close(first, full[:, :2], rtol=1e-12, atol=1e-12)
 
 
+def test_policy_step_embedding_equals_the_model():
+    """The rollout policy's fused embedding and action head (raw numpy inputs) against embed_step/predict_action."""
+    from flowrl.agents.policy import _StepEmbedding
+
+    torch.manual_seed(0)
+    cfg = DecisionTransformerConfig(context=8, dim=16, depth=1, heads=2, max_timestep=6, dropout=0.0)
+    model = make_agent(cfg, 5, 3).model.double().eval()
+    model.normalizer.set(np.linspace(-1, 1, 5), np.linspace(0.5, 2, 5))
+    fused = _StepEmbedding(model, torch.float64)
+    rng = np.random.default_rng(0)
+    a, s, rtg = rng.normal(size=(4, 3)), rng.normal(size=(4, 5)), rng.normal(size=4) * 1000
+    t = np.array([0, 1, 5, 9])  # t = 0 (no a_{-1}: its time clamps to 0) and past max_timestep
+    got = fused.tokens(a, rtg, s, t)
+    T = lambda x, dtype=torch.float64: torch.as_tensor(x, dtype=dtype)  # noqa: E731
+    want = model.embed_step(T(a), T(rtg[:, None] * cfg.reward_scale), model.normalizer(T(s)), T(t, torch.long))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    h = torch.randn(4, 16, dtype=torch.float64)
+    np.testing.assert_allclose(fused.actions(h), model.predict_action(h).detach().float().numpy(), rtol=1e-6)
+
+
 ROLLOUT_CASES = [
     ("softmax", "window", None),
     ("flow", "window", None),
