@@ -131,7 +131,9 @@ class DTPolicy:
             rows = n * self.slots  # row i * slots + j: environment i, slot j
         if self.recurrent:
             self.decoder = FlowDecoder(self.model.trunk, rows)
-        self.step_embed = _StepEmbedding(self.model, self.dtype) if self.recurrent else None
+        # in the decoder's work dtype (float64 or float32, also for 16-bit models)
+        work = torch.float64 if self.dtype == torch.float64 else torch.float32
+        self.step_embed = _StepEmbedding(self.model, work) if self.recurrent else None
         # window mode, native kernel: full windows are recomputed from fresh states too (one kernel call
         # instead of the module forward; the same outputs)
         self.window_decoder = (
@@ -268,7 +270,8 @@ class _StepEmbedding:
     The three token embeddings are one product over the concatenated inputs [a_{t-1} | R̂_t | s_t] with a
     block-diagonal weight, the time embeddings of [t-1, t, t] one lookup; states are normalised and returns
     scaled in numpy first (folding the normaliser into the weights would cancel catastrophically in float32
-    for state dimensions of tiny std). Equal to the module path (the policy tests run both).
+    for state dimensions of tiny std). Tested against ``embed_step``/``predict_action``, and every policy test
+    compares actions with the module's forward.
     """
 
     def __init__(self, model, dtype: torch.dtype):
@@ -285,7 +288,7 @@ class _StepEmbedding:
         self.mean = model.normalizer.state_mean.detach().cpu().double().numpy()
         self.std = model.normalizer.state_std.detach().cpu().double().numpy()
         self.scale, self.top = model.config.reward_scale, model.config.max_timestep - 1
-        self.dtype, self.device, self.np_dtype = dtype, a.weight.device, torch.empty((), dtype=dtype).numpy().dtype
+        self.device, self.np_dtype = a.weight.device, np.float64 if dtype == torch.float64 else np.float32
         self.d = d
 
     def tokens(self, prev_actions, rtg, states, t) -> torch.Tensor:
