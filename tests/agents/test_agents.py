@@ -261,6 +261,25 @@ def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, eve
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("rollout", ["window", "staggered", "episode"])
+def test_bfloat16_model_rolls_out(rollout):
+    """A model cast to bf16 rolls out in every mode (the recurrent path works in float32) close to its fp32 twin."""
+    torch.manual_seed(0)
+    cfg = DecisionTransformerConfig(context=4, dim=16, depth=2, heads=2, dropout=0.0)
+    agent = make_agent(cfg, 3, 2)
+    twin = make_agent(cfg, 3, 2)
+    twin.model.load_state_dict(agent.model.state_dict())
+    agent.model.to(torch.bfloat16)
+    obs = np.random.default_rng(0).normal(size=(9, 2, 3)).astype(np.float32)
+    acts = []
+    for a in (agent, twin):
+        policy = a.make_policy(rollout=rollout)
+        policy.reset(np.ones(2, bool), target_return=5.0)
+        acts.append(np.stack([policy.act(o, np.ones(2, np.float32)) for o in obs]))
+    assert acts[0].dtype == np.float32 and np.isfinite(acts[0]).all()
+    np.testing.assert_allclose(acts[0], acts[1], atol=0.05)
+
+
 def test_rollout_modes_differ_once_the_window_slides():
     """Staggered and episode rollouts are real approximations after K steps (and equal before)."""
     torch.manual_seed(0)
