@@ -482,6 +482,11 @@ def merge_results(results: list[dict], names: list[str]) -> dict:
             if res.get(key) != first.get(key):
                 a, b = first.get(key), res.get(key)
                 raise ValueError(f"--merge: {key} differs between {names[0]} ({a}) and {name} ({b})")
+    flowrl_files = [(res, name) for res, name in zip(results, names) if set(res.get("algos", [])) - {"d3rlpy"}]
+    for res, name in flowrl_files[1:]:  # flowrl's precision is part of its recipe (d3rlpy is always fp32)
+        if bool(res.get("bf16")) != bool(flowrl_files[0][0].get("bf16")):
+            a, b = (("bf16" if r.get("bf16") else "fp32") for r in (flowrl_files[0][0], res))
+            raise ValueError(f"--merge: flowrl ran in {a} in {flowrl_files[0][1]} but in {b} in {name}")
     seen: dict[tuple, str] = {}
     runs, datasets = [], {}
     for res, name in zip(results, names):
@@ -506,7 +511,7 @@ def merge_results(results: list[dict], names: list[str]) -> dict:
         "seeds": sorted({r["seed"] for r in runs}),
         "algos": [a for a in ALGOS if a in present],
         "bc": first["bc"],
-        "bf16": any(res.get("bf16") for res in results if set(res.get("algos", [])) - {"d3rlpy"}),
+        "bf16": bool(flowrl_files and flowrl_files[0][0].get("bf16")),
         "machines": sorted({res.get("machine", "?") for res in results}),
         "datasets": list(datasets.values()),
         "runs": runs,

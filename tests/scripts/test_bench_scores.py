@@ -137,7 +137,7 @@ def _run(algo, seed, score, dataset="a"):
 def test_merge_prints_one_table_from_separate_runs(tmp_path, capsys):
     files = {
         "fl.json": _result(["flow-dt", "bc"], [_run("flow-dt", 0, 10.0), _run("bc", 0, 5.0)], bf16=True),
-        "more.json": _result(["flow-dt"], [_run("flow-dt", 1, 30.0), _run("flow-dt", 0, 7.0, dataset="b")]),
+        "more.json": _result(["flow-dt"], [_run("flow-dt", 1, 30.0), _run("flow-dt", 0, 7.0, dataset="b")], bf16=True),
         "d3.json": _result(["d3rlpy"], [_run("d3rlpy", 0, 50.0), _run("d3rlpy", 1, 70.0)], peer_warmup=200),
     }
     for name, res in files.items():
@@ -157,6 +157,9 @@ def test_merge_prints_one_table_from_separate_runs(tmp_path, capsys):
     (tmp_path / "other.json").write_text(json.dumps(_result(["bc"], [_run("bc", 3, 1.0)], steps=1000)))
     with pytest.raises(ValueError, match=r"steps differs between .*fl.json \(2000\) and .*other.json \(1000\)"):
         bench_scores.run(_parse(["--merge", paths[0], str(tmp_path / "other.json")]))
+    (tmp_path / "fp32.json").write_text(json.dumps(_result(["bc"], [_run("bc", 3, 1.0)])))
+    with pytest.raises(ValueError, match=r"flowrl ran in bf16 in .*fl.json but in fp32 in .*fp32.json"):
+        bench_scores.run(_parse(["--merge", paths[0], str(tmp_path / "fp32.json"), paths[2]]))
     with pytest.raises(ValueError, match="a flow-dt seed 0 is in both"):
         bench_scores.run(_parse(["--merge", paths[0], paths[0]]))
     (tmp_path / "x.json").write_text("{}")
