@@ -2,12 +2,19 @@
 
 ``torch.nn.Dropout`` on CPU draws one Bernoulli sample per element (``bernoulli_``): on a
 Decision-Transformer batch ([64, 60, 128], 7 dropouts per update) that was 13-17% of a training step on
-the 2-core development machine. Here the mask comes from raw random bits instead: 64-bit integers from
-torch's default generator, viewed as four 16-bit words each, and an element is kept when its word is at
-least ``round(p * 65536)`` steps above the minimum -- the drop probability is ``p`` rounded to a multiple
-of 1/65536 (0.1 -> 0.100006). About 5x faster than ``bernoulli_`` there; other devices use
-``F.dropout`` (already fused). The mask is drawn from the default generator, so ``torch.manual_seed``
-makes it reproducible and saving torch's RNG state (as the trainer does) makes resumes exact.
+the 2-core development machine. Two cheaper paths here, both keeping an element when a uniform 16-bit word
+is at least ``round(p * 65536)`` (the drop probability is ``p`` rounded to a multiple of 1/65536: 0.1 ->
+0.100006):
+
+- with flowrl's native kernels (:mod:`flowrl.ops.native`, float32/float64/bfloat16 tensors): one pass
+  ``y = x * keep * scale`` whose mask comes from a counter-based hash (splitmix64) of a seed and the element
+  index; the backward pass regenerates the mask from the seed (nothing stored). One seed per call is drawn
+  from torch's default generator.
+- otherwise: 64-bit integers from torch's default generator, viewed as four 16-bit words each, compared and
+  multiplied in torch operators.
+
+Either way ``torch.manual_seed`` makes masks reproducible and saving torch's RNG state (as the trainer does)
+makes resumes exact. Other devices use ``F.dropout`` (already fused).
 
 Example::
 
@@ -21,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from flowrl.ops import native
 
 __all__ = ["Dropout", "dropout", "keep_mask"]
 
@@ -46,7 +55,42 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
+    kernel = _native_kernel(x.dtype)
+    if kernel is not None:
+        seed = int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64)) & ((1 << 64) - 1)
+        return _NativeDropout.apply(x, kernel, seed, round(p * _WORD), 1.0 / (1.0 - p))
     return x * keep_mask(x.shape, p) * (1.0 / (1.0 - p))
+
+
+_KERNELS = {torch.float32: "dropout_f32", torch.float64: "dropout_f64", torch.bfloat16: "dropout_bf16"}
+
+
+def _native_kernel(dtype: torch.dtype):
+    name = _KERNELS.get(dtype)
+    if name is None:
+        return None
+    lib = native.library()
+    return None if lib is None else getattr(lib, name)
+
+
+class _NativeDropout(torch.autograd.Function):
+    """y = x · keep · scale in one native pass; the backward pass applies the same mask (same seed) to the grad."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, seed, threshold, scale):
+        ctx.args = (kernel, seed, threshold, scale)
+        return _apply(kernel, x, seed, threshold, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _apply(*ctx.args[:1], grad, *ctx.args[1:]), None, None, None, None
+
+
+def _apply(kernel, x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    kernel(x.data_ptr(), y.data_ptr(), x.numel(), seed, threshold, scale)
+    return y
 
 
 class Dropout(nn.Module):

@@ -1,9 +1,10 @@
 """Native (C++) kernels, compiled on first use with the machine's C++ compiler and loaded through ctypes.
 
-One kernel so far: ``flow_decode.cpp``, the whole recurrent step of a causal Flow-Attention trunk in one call
-(what :class:`flowrl.models.FlowDecoder` runs per rollout or decoding step). A DT rollout step is a dozen tiny
-matrix products and ~100 small operators; as one C++ call it is about 4x faster than through torch operators
-on a CPU (see the README's rollout table).
+The kernels live in ``native.cpp``: ``flow_decode``, the whole recurrent step of a causal Flow-Attention trunk
+in one call (what :class:`flowrl.models.FlowDecoder` runs per rollout or decoding step: a dozen tiny matrix
+products and ~100 small operators, about 6x faster as one C++ call than through torch operators on a CPU),
+and ``dropout``, one pass with a counter-based random mask (what :func:`flowrl.layers.dropout` runs on CPU
+tensors in training; the backward pass regenerates the mask from its seed).
 
 The source has no torch headers, so it compiles in about a second (``c++ -O3 -march=native``). The shared
 library is cached under ``$FLOWRL_CACHE`` (default ``~/.cache/flowrl``) in ``native/<hash>/``, keyed by the
@@ -29,8 +30,8 @@ from pathlib import Path
 
 __all__ = ["available", "library", "status", "cache_dir", "NativeBuildError"]
 
-SOURCE = Path(__file__).with_name("flow_decode.cpp")
-ABI_VERSION = 1
+SOURCE = Path(__file__).with_name("native.cpp")
+ABI_VERSION = 2
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast"]
 _ARCH_FLAGS = ["-march=native"]  # dropped if the compiler refuses it
 
@@ -105,7 +106,7 @@ def _target() -> Path:
     key = hashlib.sha256(
         SOURCE.read_bytes() + repr((_FLAGS, _ARCH_FLAGS, platform.machine(), _cpu_key())).encode()
     ).hexdigest()[:16]
-    return cache_dir() / key / "flow_decode.so"
+    return cache_dir() / key / "flowrl_native.so"
 
 
 def _load() -> ctypes.CDLL:
@@ -124,6 +125,10 @@ def _load() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype = i
         fn.argtypes = [p, p, p, p, d, p, p, p, i, i, i, i, i, i, d, d, i, i, p, p]
+    for name in ("dropout_f32", "dropout_f64", "dropout_bf16"):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [p, p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, d]
     return lib
 
 
@@ -144,7 +149,7 @@ def library() -> ctypes.CDLL | None:
                 _state["error"] = f"{type(e).__name__}: {e}"
                 if mode != "1":
                     warnings.warn(
-                        f"flowrl: native decode kernel unavailable, using torch operators ({_state['error']})",
+                        f"flowrl: native kernels unavailable, using torch operators ({_state['error']})",
                         RuntimeWarning,
                         stacklevel=3,
                     )

@@ -17,6 +17,7 @@ from flowrl.layers import (
 )
 from flowrl.layers.dropout import keep_mask
 from flowrl.models import Flowformer, FlowformerConfig
+from flowrl.ops import native
 from flowrl.ops.naive import flow_attention_naive
 
 REFERENCE_KEYS = {f"{p}_projection.{w}" for p in ("query", "key", "value", "out") for w in ("weight", "bias")}
@@ -75,7 +76,12 @@ def test_trunk_select_equals_full_pass_then_slice(attention, select):
     torch.testing.assert_close(tail[:, 0], full[:, -1])
 
 
-def test_dropout_rate_scale_and_reproducibility():
+@pytest.mark.parametrize("kernel", ["native", "torch"])
+def test_dropout_rate_scale_and_reproducibility(kernel, monkeypatch):
+    if kernel == "torch":
+        monkeypatch.setenv("FLOWRL_NATIVE", "0")
+    elif not native.available():
+        pytest.skip(f"native kernels {native.status()}")
     x = torch.ones(64, 60, 128, requires_grad=True)
     drop = Dropout(0.1)
     torch.manual_seed(3)
@@ -92,9 +98,18 @@ def test_dropout_rate_scale_and_reproducibility():
     assert drop(x) is x
     assert Dropout(0.0)(x) is x
     assert drop(x.detach().bfloat16()).dtype == torch.bfloat16
+    for dtype in (torch.bfloat16, torch.float64):  # other dtypes: the same mask rule and scale, same gradient rule
+        xd = torch.randn(1001, dtype=dtype, requires_grad=True)  # not a multiple of 4 (the mask's word count)
+        yd = drop.train()(xd)
+        keep = yd != 0
+        torch.testing.assert_close(yd[keep], (xd * (1 / 0.9)).to(dtype)[keep])
+        (gd,) = torch.autograd.grad((yd * 2).sum(), xd)
+        torch.testing.assert_close(gd, keep.to(dtype) * 2 * (1 / 0.9))
+    drop.eval()
     # the mask's 16-bit words are uniform: every rate is hit, not only multiples of 1/4
     for p in (0.01, 0.25, 0.5, 0.9):
         assert abs(1 - keep_mask((200_000,), p).float().mean().item() - p) < 0.005
+        assert abs((Dropout(p)(torch.ones(200_000)) == 0).float().mean().item() - p) < 0.005
     with pytest.raises(ValueError, match="p must be in"):
         Dropout(1.0)
 

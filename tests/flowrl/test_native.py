@@ -28,7 +28,7 @@ def _trunk() -> Flowformer:
 
 
 def _built(root):
-    return sorted((root / "native").glob("*/flow_decode.so"))
+    return sorted((root / "native").glob("*/flowrl_native.so"))
 
 
 def test_builds_once_into_the_cache_then_loads(fresh, monkeypatch):
@@ -70,7 +70,7 @@ def test_off_switch(fresh, monkeypatch):
 
 def test_missing_compiler_falls_back_with_one_warning(fresh, monkeypatch):
     monkeypatch.setenv("CXX", str(fresh / "no-such-compiler"))
-    with pytest.warns(RuntimeWarning, match="native decode kernel unavailable, using torch operators"):
+    with pytest.warns(RuntimeWarning, match="native kernels unavailable, using torch operators"):
         assert native.library() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per process
@@ -93,7 +93,7 @@ def test_required_kernel_that_cannot_build_is_an_error(fresh, monkeypatch):
 def test_compiler_errors_are_reported(fresh, monkeypatch):
     monkeypatch.setenv("FLOWRL_NATIVE", "1")
     monkeypatch.setenv("CXX", "false")  # exists, fails
-    with pytest.raises(native.NativeBuildError, match="false failed to build flow_decode.cpp"):
+    with pytest.raises(native.NativeBuildError, match="false failed to build native.cpp"):
         native.library()
     assert _built(fresh) == [] and not any((fresh / "native").rglob("*.so"))
 

@@ -1,6 +1,10 @@
-// Fused recurrent step of a causal Flow-Attention trunk: the whole of FlowDecoder._run (every block, the final
-// norm) in one call, for the small calls of a rollout or a decoding loop. Built and loaded by
-// flowrl/ops/native.py (plain C ABI through ctypes: no torch headers, so it compiles in about a second).
+// flowrl's native CPU kernels, built and loaded by flowrl/ops/native.py (plain C ABI through ctypes: no torch
+// headers, so it compiles in about a second):
+//   flow_decode_*   the recurrent step of a causal Flow-Attention trunk (below)
+//   dropout_*       dropout with a counter-based random mask (at the end of the file)
+//
+// flow_decode: the whole of FlowDecoder._run (every block, the final norm) in one call, for the small calls of
+// a rollout or a decoding loop.
 //
 // The maths is that of flowrl/models/decoder.py (steps 1-4 of the causal flow scans, continued from carried
 // sums); the products are small register-blocked GEMMs over the transposed weights.
@@ -342,4 +346,68 @@ int run(void* const* weights, const double* norm_eps, const T* final_w, const T*
 FLOW_DECODE(flow_decode_f32, float)
 FLOW_DECODE(flow_decode_f64, double)
 
-extern "C" int flow_decode_abi_version() { return 1; }
+// ---------------------------------------------------------------------------------------------- dropout
+// y = x · keep · scale. Element i is kept when 16-bit word (i mod 4) of splitmix64(seed + (i/4 + 1)·γ) is at
+// least `threshold` (= round(p · 65536)): a counter-based mask, so the backward pass regenerates it from the
+// seed instead of storing it, and any block of elements can be computed independently.
+namespace {
+
+inline uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+inline float bf16_to_float(uint16_t b) { return __builtin_bit_cast(float, (uint32_t)b << 16); }
+
+inline uint16_t float_to_bf16(float f) {  // round to nearest even; NaN stays NaN
+  const uint32_t u = __builtin_bit_cast(uint32_t, f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+template <typename T>
+struct Io {  // load as float math type, store back
+  using M = T;
+  static M load(T x) { return x; }
+  static T store(M x) { return x; }
+};
+template <>
+struct Io<uint16_t> {  // bfloat16 bits
+  using M = float;
+  static M load(uint16_t x) { return bf16_to_float(x); }
+  static uint16_t store(M x) { return float_to_bf16(x); }
+};
+
+template <typename T>
+void dropout(const T* __restrict x, T* __restrict y, int64_t n, uint64_t seed, uint32_t threshold, double scale_d) {
+  using M = typename Io<T>::M;
+  const M scale = M(scale_d);
+  const int64_t blocks = n / 4;
+  for (int64_t b = 0; b < blocks; b++) {
+    const uint64_t h = splitmix64(seed + (uint64_t)(b + 1) * 0x9e3779b97f4a7c15ULL);
+    for (int j = 0; j < 4; j++) {
+      const uint32_t word = (uint32_t)(h >> (16 * j)) & 0xffffu;
+      const M v = Io<T>::load(x[4 * b + j]) * scale;
+      y[4 * b + j] = Io<T>::store(word >= threshold ? v : M(0));
+    }
+  }
+  const uint64_t h = splitmix64(seed + (uint64_t)(blocks + 1) * 0x9e3779b97f4a7c15ULL);
+  for (int64_t i = 4 * blocks; i < n; i++) {
+    const uint32_t word = (uint32_t)(h >> (16 * (i - 4 * blocks))) & 0xffffu;
+    y[i] = Io<T>::store(word >= threshold ? Io<T>::load(x[i]) * scale : M(0));
+  }
+}
+
+}  // namespace
+
+#define DROPOUT(NAME, T)                                                                                      \
+  extern "C" void NAME(const T* x, T* y, int64_t n, uint64_t seed, uint32_t threshold, double scale) {        \
+    dropout<T>(x, y, n, seed, threshold, scale);                                                              \
+  }
+
+DROPOUT(dropout_f32, float)
+DROPOUT(dropout_f64, double)
+DROPOUT(dropout_bf16, uint16_t)
+
+extern "C" int flow_decode_abi_version() { return 2; }
