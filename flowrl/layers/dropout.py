@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from flowrl.ops import native
 
@@ -82,8 +83,10 @@ class _NativeDropout(torch.autograd.Function):
         return _apply(kernel, x, seed, threshold, scale)
 
     @staticmethod
+    @once_differentiable  # the backward itself has no gradient: double backward raises instead of being wrong
     def backward(ctx, grad):
-        return _apply(*ctx.args[:1], grad, *ctx.args[1:]), None, None, None, None
+        kernel, seed, threshold, scale = ctx.args
+        return _apply(kernel, grad, seed, threshold, scale), None, None, None, None
 
 
 def _apply(kernel, x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:

@@ -10,9 +10,10 @@ The source has no torch headers, so it compiles in about a second (``c++ -O3 -ma
 library is cached under ``$FLOWRL_CACHE`` (default ``~/.cache/flowrl``) in ``native/<hash>/``, keyed by the
 source, the flags and the CPU, and written atomically (concurrent first uses are safe).
 
-``FLOWRL_NATIVE`` chooses: unset/``auto`` — use the kernel when it builds, else warn once and fall back to
-torch operators (same results); ``0`` — never build or use it; ``1`` — require it (an error if it cannot be
-built). ``CXX`` names the compiler (default: ``c++``, then ``g++``, ``clang++``).
+``FLOWRL_NATIVE`` chooses: unset/``auto`` — use the kernels when they build, else warn once and fall back to
+torch operators (same results up to rounding; dropout draws other masks); ``0`` — never build or use them;
+``1`` — require them (an error if they cannot be built). ``CXX`` names the compiler (default: ``c++``, then
+``g++``, ``clang++``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ _state: dict[str, object] = {}  # "lib": CDLL, or "error": str (cached per proce
 
 
 class NativeBuildError(RuntimeError):
-    """The native kernel could not be built or loaded (and ``FLOWRL_NATIVE=1`` asked for it)."""
+    """The native kernels could not be built or loaded (and ``FLOWRL_NATIVE=1`` asked for them)."""
 
 
 def _mode() -> str:
@@ -83,7 +84,7 @@ def _build(target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        errors = ""
+        last_error = ""
         for arch in (_ARCH_FLAGS, []):
             cmd = [compiler, *_FLAGS, *arch, str(SOURCE), "-o", tmp]
             try:
@@ -93,9 +94,8 @@ def _build(target: Path) -> None:
             if proc.returncode == 0:
                 os.replace(tmp, target)
                 return
-            errors = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-            errors = errors[0]
-        raise NativeBuildError(f"{compiler} failed to build {SOURCE.name}: {errors}")
+            last_error = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise NativeBuildError(f"{compiler} failed to build {SOURCE.name}: {last_error}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
