@@ -241,24 +241,18 @@ class DTPolicy:
 
     def _act_full_window(self, rows: np.ndarray) -> np.ndarray:
         """Recompute each row's window (right-padded to K) and read the action at its last state token."""
-        a = self.agent
-        L = TOKENS_PER_STEP * (self.K - 1) + STATE_TOKEN + 1  # full windows (t >= K) up to their last state token
-        if self.window_decoder is not None and self.window_decoder.uses_kernel(len(rows), L):
-            tokens = self.model.embed(
-                self.model.normalizer(self._tensor(self.states[rows])),
-                self._tensor(self.actions[rows]),
-                self._tensor(self.rtg[rows, :, None] * a.config.reward_scale),
-                self._tensor(self.timesteps[rows], torch.long),
-            )[:, :L]
-            idx = torch.as_tensor(rows, device=self.device)
-            self.window_decoder.reset(idx)
-            return self._predict(self.window_decoder.step(tokens, idx))
-        pred = self.model(
+        inputs = (
             self.model.normalizer(self._tensor(self.states[rows])),
             self._tensor(self.actions[rows]),
-            self._tensor(self.rtg[rows, :, None] * a.config.reward_scale),
+            self._tensor(self.rtg[rows, :, None] * self.agent.config.reward_scale),
             self._tensor(self.timesteps[rows], torch.long),
-        )  # (R, K, act) — predictions at every state token
+        )
+        L = TOKENS_PER_STEP * (self.K - 1) + STATE_TOKEN + 1  # full windows (t >= K) up to their last state token
+        if self.window_decoder is not None and self.window_decoder.uses_kernel(len(rows), L):
+            idx = torch.as_tensor(rows, device=self.device)
+            self.window_decoder.reset(idx)
+            return self._predict(self.window_decoder.step(self.model.embed(*inputs)[:, :L], idx))
+        pred = self.model(*inputs)  # (R, K, act) — predictions at every state token
         last = torch.as_tensor(self.length[rows] - 1, device=self.device)
         return pred[torch.arange(len(rows), device=self.device), last].float().cpu().numpy()
 
