@@ -37,6 +37,10 @@ from flowrl.ops import native as _native
 
 __all__ = ["FlowDecoder"]
 
+# The kernel splits calls of this many token-rows or more across torch's thread count (row chunks run side by
+# side). Measured at dim 128, 3 layers, 2 threads: 10 x 59 tokens 9.2 -> 4.1 ms (torch operators 12.9), 16 x 64
+# 14.7 -> 7.3 (14.8); 20 x 3 1.10 -> 1.00; 5 x 3 0.22 -> 0.24 (threads cost more than they save there).
+_PARALLEL_TOKENS = 128
 _ACTIVATIONS = {"gelu": F.gelu, "relu": torch.relu_}  # applied to a fresh product: in place is safe
 
 
@@ -237,7 +241,7 @@ class FlowDecoder:
         if x.shape[1] == 0:
             raise ValueError("FlowDecoder.step: x has no tokens")
         x = x.to(self.dtype)
-        if self.uses_kernel(*x.shape[:2]):
+        if self._kernel is not None:
             return self._run_native(x, rows, last_only)
         if rows is None:
             return self._run(x, self.states, last_only)
@@ -257,15 +261,6 @@ class FlowDecoder:
             full.index_copy_(0, kv_rows, part)
         return out
 
-    def uses_kernel(self, rows: int, tokens: int) -> bool:
-        """Whether a step of ``tokens`` tokens for ``rows`` rows runs in the native kernel.
-
-        The kernel is one-threaded: with several torch threads, steps of 512 token-rows or more (a batched
-        prefill) go through torch's parallel products instead (measured at dim 128, 3 layers, 2 threads:
-        8 x 64 tokens 5.9 ms in the kernel vs 5.8; 10 x 59: 7.2 vs 6.4 through the module; 4 x 64: 3.0 vs 3.4).
-        """
-        return self._kernel is not None and (rows * tokens < 512 or torch.get_num_threads() == 1)
-
     def _run_native(self, x: Tensor, rows: Tensor | None, last_only: bool) -> Tensor:
         R, L, C = x.shape
         x = x.contiguous()
@@ -280,6 +275,7 @@ class FlowDecoder:
             self._weight_ptrs, self._eps_array, *self._final, self.states.t.data_ptr(), self._state_ptrs,
             None if rows is None else rows.data_ptr(), R, L, C, self.heads, self._hidden, len(self.layers),
             self.eps, self.clamp, int(self.activation is F.gelu), int(last_only), x.data_ptr(), out.data_ptr(),
+            torch.get_num_threads() if R * L >= _PARALLEL_TOKENS else 1,
         )
         if code != 0:
             raise MemoryError(f"FlowDecoder: the native kernel could not allocate its buffers (code {code})")

@@ -18,10 +18,12 @@
 //           kv [B·H, Dh, Dh]; rows [R] (int64) picks the state row of each input row (null: row r).
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -223,7 +225,7 @@ struct Layer {
 
 template <typename T>
 int run(void* const* weights, const double* norm_eps, const T* final_w, const T* final_b, double final_eps,
-        T* t_state, void* const* states, const int64_t* rows, int R, int L, int C, int H, int F, int layers,
+        T* t_state, void* const* states, const int64_t* rows, int64_t first_row, int R, int L, int C, int H, int F, int layers,
         double eps_d, double clamp_d, int gelu, int last_only, const T* x, T* out) {
   const int Dh = C / H;
   const int M = R * L;
@@ -245,7 +247,7 @@ int run(void* const* weights, const double* norm_eps, const T* final_w, const T*
     gemm<T>(xn.data(), M, C, w.wqkv, 3 * C, w.bqkv, qkv.data(), false);
 
     for (int r = 0; r < R; r++) {
-      const int64_t s = rows ? rows[r] : r;
+      const int64_t s = rows ? rows[r] : first_row + r;
       T* qks = qk_state + s * 2 * C;  // [Σq | Σk]
       T* rps = rp_state + s * 2 * C;  // [Σ I q | Σ O k]
       T* zs = z_state + s * H;
@@ -320,7 +322,7 @@ int run(void* const* weights, const double* norm_eps, const T* final_w, const T*
     }
     gemm<T>(hd, Mo, F, w.wproj, C, w.bproj, xcur.data(), true);
   }
-  for (int r = 0; r < R; r++) t_state[rows ? rows[r] : r] += T(L);
+  for (int r = 0; r < R; r++) t_state[rows ? rows[r] : first_row + r] += T(L);
   if (final_w)
     layer_norm<T>(xcur.data(), Mo, C, final_w, final_b, final_eps, out);
   else
@@ -330,17 +332,54 @@ int run(void* const* weights, const double* norm_eps, const T* final_w, const T*
 
 }  // namespace
 
+// f(begin, end) over [0, n) in up to `threads` contiguous chunks of at least `grain`. Built with OpenMP, the
+// chunks run on libgomp's pool, which is torch's own when torch is loaded first (same soname): its workers,
+// still spinning after torch's last operator, take the chunks instead of competing with new threads for
+// the cores (std::threads were 1.8x slower inside a rollout for that reason). One chunk: no OpenMP call at
+// all (forked evaluation workers must not touch a pool inherited from their parent).
+template <typename F>
+void parallel_chunks(int64_t n, int threads, int64_t grain, F f) {
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n / std::max<int64_t>(grain, 1)));
+  if (chunks <= 1) {
+    f(0, n);
+    return;
+  }
+  const int64_t size = (n + chunks - 1) / chunks;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads((int)chunks) schedule(static, 1)
+  for (int64_t c = 0; c < chunks; c++) {
+    const int64_t b = c * size, e = std::min(n, b + size);
+    if (b < e) f(b, e);
+  }
+#else
+  std::vector<std::thread> pool;
+  for (int64_t c = 1; c < chunks; c++) {
+    const int64_t b = c * size, e = std::min(n, b + size);
+    if (b < e) pool.emplace_back(f, b, e);
+  }
+  f(0, std::min(n, size));
+  for (auto& t : pool) t.join();
+#endif
+}
+
+// Rows are independent (distinct states), so `threads` > 1 splits them into chunks run side by side.
 #define FLOW_DECODE(NAME, T)                                                                                    \
   extern "C" int NAME(void* const* weights, const double* norm_eps, const T* final_w, const T* final_b,         \
                       double final_eps, T* t_state, void* const* states, const int64_t* rows, int R, int L,     \
                       int C, int H, int F, int layers, double eps, double clamp, int gelu, int last_only,       \
-                      const T* x, T* out) {                                                                     \
-    try {                                                                                                       \
-      return run<T>(weights, norm_eps, final_w, final_b, final_eps, t_state, states, rows, R, L, C, H, F,       \
-                    layers, eps, clamp, gelu, last_only, x, out);                                               \
-    } catch (const std::bad_alloc&) {                                                                           \
-      return 1;                                                                                                 \
-    }                                                                                                           \
+                      const T* x, T* out, int threads) {                                                        \
+    const size_t out_row = (size_t)(last_only ? 1 : L) * C;                                                     \
+    std::atomic<int> failed{0};                                                                                 \
+    parallel_chunks(R, threads, 1, [&](int64_t b, int64_t e) {                                                  \
+      try {                                                                                                     \
+        run<T>(weights, norm_eps, final_w, final_b, final_eps, t_state, states, rows ? rows + b : nullptr, b,   \
+               (int)(e - b), L, C, H, F, layers, eps, clamp, gelu, last_only, x + (size_t)b * L * C,            \
+               out + b * out_row);                                                                              \
+      } catch (const std::bad_alloc&) {                                                                         \
+        failed = 1;                                                                                             \
+      }                                                                                                         \
+    });                                                                                                         \
+    return failed.load();                                                                                       \
   }
 
 FLOW_DECODE(flow_decode_f32, float)
@@ -380,11 +419,11 @@ struct Io<uint16_t> {  // bfloat16 bits
 };
 
 template <typename T>
-void dropout(const T* __restrict x, T* __restrict y, int64_t n, uint64_t seed, uint32_t threshold, double scale_d) {
+void dropout_range(const T* __restrict x, T* __restrict y, int64_t n, int64_t b0, int64_t b1, uint64_t seed,
+                   uint32_t threshold, typename Io<T>::M scale) {  // blocks [b0, b1) of 4 elements
   using M = typename Io<T>::M;
-  const M scale = M(scale_d);
-  const int64_t blocks = n / 4;
-  for (int64_t b = 0; b < blocks; b++) {
+  const int64_t full = std::min(b1, n / 4);  // whole blocks (a branch-free loop, vectorized)
+  for (int64_t b = b0; b < full; b++) {
     const uint64_t h = splitmix64(seed + (uint64_t)(b + 1) * 0x9e3779b97f4a7c15ULL);
     for (int j = 0; j < 4; j++) {
       const uint32_t word = (uint32_t)(h >> (16 * j)) & 0xffffu;
@@ -392,11 +431,20 @@ void dropout(const T* __restrict x, T* __restrict y, int64_t n, uint64_t seed, u
       y[4 * b + j] = Io<T>::store(word >= threshold ? v : M(0));
     }
   }
-  const uint64_t h = splitmix64(seed + (uint64_t)(blocks + 1) * 0x9e3779b97f4a7c15ULL);
-  for (int64_t i = 4 * blocks; i < n; i++) {
-    const uint32_t word = (uint32_t)(h >> (16 * (i - 4 * blocks))) & 0xffffu;
-    y[i] = Io<T>::store(word >= threshold ? Io<T>::load(x[i]) * scale : M(0));
+  if (b1 * 4 > n && full < b1) {  // the last, partial block
+    const int64_t b = full;
+    const uint64_t h = splitmix64(seed + (uint64_t)(b + 1) * 0x9e3779b97f4a7c15ULL);
+    for (int64_t i = 4 * b; i < n; i++) {
+      const uint32_t word = (uint32_t)(h >> (16 * (i - 4 * b))) & 0xffffu;
+      y[i] = Io<T>::store(word >= threshold ? Io<T>::load(x[i]) * scale : M(0));
+    }
   }
+}
+
+template <typename T>
+void dropout(const T* x, T* y, int64_t n, uint64_t seed, uint32_t threshold, double scale) {
+  // one thread: splitting a DT batch's 491,520 elements across two threads was slower (memory-bound here)
+  dropout_range<T>(x, y, n, 0, (n + 3) / 4, seed, threshold, typename Io<T>::M(scale));
 }
 
 }  // namespace
@@ -410,4 +458,4 @@ DROPOUT(dropout_f32, float)
 DROPOUT(dropout_f64, double)
 DROPOUT(dropout_bf16, uint16_t)
 
-extern "C" int flow_decode_abi_version() { return 2; }
+extern "C" int flow_decode_abi_version() { return 3; }

@@ -32,9 +32,10 @@ from pathlib import Path
 __all__ = ["available", "library", "status", "cache_dir", "NativeBuildError"]
 
 SOURCE = Path(__file__).with_name("native.cpp")
-ABI_VERSION = 2
-_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast"]
+ABI_VERSION = 3
+_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]
 _ARCH_FLAGS = ["-march=native"]  # dropped if the compiler refuses it
+_OPENMP_FLAGS = ["-fopenmp"]  # likewise (then row chunks run on std::threads)
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lib": CDLL, or "error": str (cached per process)
@@ -85,8 +86,8 @@ def _build(target: Path) -> None:
     os.close(fd)
     try:
         last_error = ""
-        for arch in (_ARCH_FLAGS, []):
-            cmd = [compiler, *_FLAGS, *arch, str(SOURCE), "-o", tmp]
+        for extra in ([*_ARCH_FLAGS, *_OPENMP_FLAGS], _ARCH_FLAGS, _OPENMP_FLAGS, []):
+            cmd = [compiler, *_FLAGS, *extra, str(SOURCE), "-o", tmp]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True)
             except OSError as e:
@@ -104,7 +105,7 @@ def _build(target: Path) -> None:
 def _target() -> Path:
     """The cached library's path: keyed by the source, the flags and the CPU."""
     key = hashlib.sha256(
-        SOURCE.read_bytes() + repr((_FLAGS, _ARCH_FLAGS, platform.machine(), _cpu_key())).encode()
+        SOURCE.read_bytes() + repr((_FLAGS, _ARCH_FLAGS, _OPENMP_FLAGS, platform.machine(), _cpu_key())).encode()
     ).hexdigest()[:16]
     return cache_dir() / key / "flowrl_native.so"
 
@@ -124,7 +125,7 @@ def _load() -> ctypes.CDLL:
     for name in ("flow_decode_f32", "flow_decode_f64"):
         fn = getattr(lib, name)
         fn.restype = i
-        fn.argtypes = [p, p, p, p, d, p, p, p, i, i, i, i, i, i, d, d, i, i, p, p]
+        fn.argtypes = [p, p, p, p, d, p, p, p, i, i, i, i, i, i, d, d, i, i, p, p, i]
     for name in ("dropout_f32", "dropout_f64", "dropout_bf16"):
         fn = getattr(lib, name)
         fn.restype = None

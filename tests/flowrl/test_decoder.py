@@ -147,3 +147,26 @@ def test_native_rows_out_of_range():
     with pytest.raises(ValueError, match=r"rows must be in \[0, 3\)"):
         dec.step(torch.zeros(1, 1, 16, dtype=torch.float64), torch.tensor([-1]))
     assert dec.seen.tolist() == [0, 0, 0]  # nothing ran
+
+
+def test_native_calls_split_across_threads_equal_the_trunk():
+    """Large calls run row chunks on several threads (rows in any order, with and without row indices)."""
+    if not native_lib.available():
+        pytest.skip(f"native kernel {native_lib.status()}")
+    trunk = _trunk()
+    x = torch.randn(9, 24, 16, dtype=torch.float64)
+    full = trunk(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        dec = FlowDecoder(trunk, 9, native=True)
+        torch.testing.assert_close(dec.step(x[:, :20], last_only=False), full[:, :20], rtol=1e-12, atol=1e-12)
+        order = torch.tensor([4, 0, 8, 2, 6, 1, 3, 7, 5])
+        h = dec.step(x[order, 20:24], order)  # 9 x 4 = 36 token-rows: one thread
+        torch.testing.assert_close(h, full[order, 23], rtol=1e-12, atol=1e-12)
+        dec.reset()
+        dec.step(x[order, :16], order)  # 144 token-rows: split, by row indices
+        torch.testing.assert_close(dec.step(x[:, 16:24]), full[:, 23], rtol=1e-12, atol=1e-12)
+        assert dec.seen.tolist() == [24] * 9
+    finally:
+        torch.set_num_threads(threads)
