@@ -37,9 +37,9 @@ from flowrl.ops import native as _native
 
 __all__ = ["FlowDecoder"]
 
-# The kernel splits calls of this many token-rows or more across torch's thread count (row chunks run side by
-# side). Measured at dim 128, 3 layers, 2 threads: 10 x 59 tokens 9.2 -> 4.1 ms (torch operators 12.9), 16 x 64
-# 14.7 -> 7.3 (14.8); 20 x 3 1.10 -> 1.00; 5 x 3 0.22 -> 0.24 (threads cost more than they save there).
+# The kernel splits calls of this many token-rows or more across torch's thread count (row chunks on torch's
+# OpenMP pool). Measured at dim 128, 3 layers, 2 threads: 10 x 59 tokens 7.3 -> 3.5 ms (torch operators 6.9),
+# 5 x 59 3.5 -> 2.1 (3.5); below ~100 token-rows a second thread saved nothing.
 _PARALLEL_TOKENS = 128
 _ACTIVATIONS = {"gelu": F.gelu, "relu": torch.relu_}  # applied to a fresh product: in place is safe
 
