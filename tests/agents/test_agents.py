@@ -19,8 +19,6 @@ from flowrl.agents import (
 )
 from flowrl.agents.config import config_from_dict
 
-from flowrl.ops import native
-
 from .conftest import random_dataset, toy_dataset
 
 AGENTS = {
@@ -207,13 +205,8 @@ def _acting_start(rollout: str, every: int | None, t: int, K: int) -> int:
     return every * -(-max(0, t - K + 1) // every)  # the oldest restart at most K steps back
 
 
-@pytest.mark.parametrize("kernel", ["native", "torch"])
 @pytest.mark.parametrize("attention,rollout,every", ROLLOUT_CASES, ids=[f"{a}-{r}-{e}" for a, r, e in ROLLOUT_CASES])
-def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, every, kernel, monkeypatch):
-    if kernel == "torch":
-        monkeypatch.setenv("FLOWRL_NATIVE", "0")
-    elif not native.available():
-        pytest.skip(f"native kernel {native.status()}")
+def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, every, kernel):
     torch.manual_seed(0)
     K = 5
     cfg = DecisionTransformerConfig(context=K, dim=16, depth=2, heads=2, attention=attention, dropout=0.0)

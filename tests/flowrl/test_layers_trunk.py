@@ -17,7 +17,6 @@ from flowrl.layers import (
 )
 from flowrl.layers.dropout import keep_mask
 from flowrl.models import Flowformer, FlowformerConfig
-from flowrl.ops import native
 from flowrl.ops.naive import flow_attention_naive
 
 REFERENCE_KEYS = {f"{p}_projection.{w}" for p in ("query", "key", "value", "out") for w in ("weight", "bias")}
@@ -76,12 +75,7 @@ def test_trunk_select_equals_full_pass_then_slice(attention, select):
     torch.testing.assert_close(tail[:, 0], full[:, -1])
 
 
-@pytest.mark.parametrize("kernel", ["native", "torch"])
-def test_dropout_rate_scale_and_reproducibility(kernel, monkeypatch):
-    if kernel == "torch":
-        monkeypatch.setenv("FLOWRL_NATIVE", "0")
-    elif not native.available():
-        pytest.skip(f"native kernels {native.status()}")
+def test_dropout_rate_scale_and_reproducibility(kernel):
     x = torch.ones(64, 60, 128, requires_grad=True)
     drop = Dropout(0.1)
     torch.manual_seed(3)
