@@ -144,14 +144,6 @@ class DTPolicy:
     def _tensor(self, x, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x), dtype=dtype or self.dtype, device=self.device)
 
-    def _step_tokens(self, prev_actions, rtg, states, t) -> torch.Tensor:
-        """Tokens [a_{t-1}, R̂_t, s_t], [n, 3, dim], of raw (unnormalised, unscaled) numpy rows."""
-        return self.step_embed.tokens(prev_actions, rtg, states, t)
-
-    def _predict(self, h: torch.Tensor) -> np.ndarray:
-        """Actions [R, act_dim] (numpy float32) from trunk outputs at state tokens."""
-        return self.step_embed.actions(h)
-
     def _run_rows(self, x: torch.Tensor, rows: np.ndarray | None, *, fresh: bool = False) -> torch.Tensor:
         """Feed tokens x [R, L, dim] to the recurrent states of ``rows`` (None: all rows, in order; ``fresh``:
         restart those states first); returns the trunk output at each row's last token, [R, dim]."""
@@ -166,7 +158,7 @@ class DTPolicy:
         """Staggered / episode rollouts: 3 new tokens [a_{t-1}, R̂_t, s_t] per live state, no window."""
         n, S, K = self.n, self.slots, self.K
         t = self.t
-        tok = self._step_tokens(self.prev_action, self.rtg_now, obs, t)  # (n, 3, dim)
+        tok = self.step_embed.tokens(self.prev_action, self.rtg_now, obs, t)  # (n, 3, dim)
 
         if self.rollout == "episode":
             restart = t == 0
@@ -197,7 +189,7 @@ class DTPolicy:
         if self.rollout == "staggered":
             age = np.where(age <= K, age, -1)
         acting = np.arange(n) * S + age.argmax(1)
-        out = self._predict(h[torch.as_tensor(acting, device=h.device)] if S > 1 else h)
+        out = self.step_embed.actions(h[torch.as_tensor(acting, device=h.device)] if S > 1 else h)
         self.prev_action = out.copy()
         return out
 
@@ -228,7 +220,7 @@ class DTPolicy:
         """Window mode while t < K: feed only [a_{t-1}, R̂_t, s_t] (or [R̂_0, s_0]) against the state."""
         out = np.empty((len(rows), self.agent.act_dim), np.float32)
         j = self.length[rows] - 1
-        x = self._step_tokens(
+        x = self.step_embed.tokens(
             self.actions[rows, np.maximum(j - 1, 0)], self.rtg[rows, j], self.states[rows, j], self.timesteps[rows, j]
         )
         first = self.t[rows] == 0
@@ -236,7 +228,7 @@ class DTPolicy:
             pick = first == is_first
             if pick.any():
                 h = self._run_rows(x[torch.as_tensor(np.flatnonzero(pick))][:, int(is_first) :], rows[pick])
-                out[pick] = self._predict(h)
+                out[pick] = self.step_embed.actions(h)
         return out
 
     def _act_full_window(self, rows: np.ndarray) -> np.ndarray:
@@ -251,7 +243,7 @@ class DTPolicy:
         if self.window_decoder is not None:
             idx = torch.as_tensor(rows, device=self.device)
             self.window_decoder.reset(idx)
-            return self._predict(self.window_decoder.step(self.model.embed(*inputs)[:, :L], idx))
+            return self.step_embed.actions(self.window_decoder.step(self.model.embed(*inputs)[:, :L], idx))
         pred = self.model(*inputs)  # (R, K, act) — predictions at every state token
         last = torch.as_tensor(self.length[rows] - 1, device=self.device)
         return pred[torch.arange(len(rows), device=self.device), last].float().cpu().numpy()
