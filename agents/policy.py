@@ -137,7 +137,8 @@ class DTPolicy:
         # window mode, native kernel: full windows are recomputed from fresh states too (one kernel call
         # instead of the module forward, ~2x faster at 10 windows; the same outputs)
         self.window_decoder = (
-            FlowDecoder(self.model.trunk, n) if self.rollout == "window" and self.recurrent and self.decoder.native
+            FlowDecoder(self.model.trunk, n)
+            if self.rollout == "window" and self.recurrent and self.decoder.native
             else None
         )
 

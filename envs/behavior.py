@@ -20,8 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BehaviorPolicy", "load_behavior", "from_sb3", "export_sb3", "save_behavior", "POLICY_DIR",
-           "shipped_policy_path"]
+__all__ = [
+    "BehaviorPolicy",
+    "load_behavior",
+    "from_sb3",
+    "export_sb3",
+    "save_behavior",
+    "POLICY_DIR",
+    "shipped_policy_path",
+]
 
 POLICY_DIR = Path(__file__).resolve().parent / "policies"
 FORMAT = "flowrl-behavior-v1"
@@ -41,8 +48,17 @@ class BehaviorPolicy(nn.Module):
     TD3's stochastic mode adds N(0, ``noise_std``) in the [-1, 1] space and clips, as in its exploration.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), *, kind: str = "sac",
-                 action_low=None, action_high=None, noise_std: float = 0.1) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...] = (256, 256),
+        *,
+        kind: str = "sac",
+        action_low=None,
+        action_high=None,
+        noise_std: float = 0.1,
+    ) -> None:
         super().__init__()
         if kind not in ("sac", "td3"):
             raise ValueError(f"unknown behaviour-policy kind {kind!r}; expected 'sac' or 'td3'")
@@ -61,8 +77,9 @@ class BehaviorPolicy(nn.Module):
         self.register_buffer("action_low", torch.as_tensor(low, dtype=torch.float32).reshape(act_dim))
         self.register_buffer("action_high", torch.as_tensor(high, dtype=torch.float32).reshape(act_dim))
 
-    def forward(self, obs: torch.Tensor, deterministic: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, obs: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """obs ``[B, obs_dim]`` float -> actions ``[B, act_dim]`` in env units."""
         z = self.trunk(obs)
         mu = self.mu(z)
@@ -91,9 +108,16 @@ class BehaviorPolicy(nn.Module):
         return a[0] if single else a
 
     def config(self) -> dict[str, Any]:
-        return {"format": FORMAT, "kind": self.kind, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-                "hidden": list(self.hidden), "noise_std": self.noise_std,
-                "action_low": self.action_low.tolist(), "action_high": self.action_high.tolist()}
+        return {
+            "format": FORMAT,
+            "kind": self.kind,
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "hidden": list(self.hidden),
+            "noise_std": self.noise_std,
+            "action_low": self.action_low.tolist(),
+            "action_high": self.action_high.tolist(),
+        }
 
 
 def _sidecar(path: Path) -> Path:
@@ -128,9 +152,15 @@ def load_behavior(path: str | os.PathLike) -> BehaviorPolicy:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a flowrl behaviour policy (format {meta.get('format')!r})")
-    policy = BehaviorPolicy(meta["obs_dim"], meta["act_dim"], tuple(meta["hidden"]), kind=meta["kind"],
-                            action_low=meta["action_low"], action_high=meta["action_high"],
-                            noise_std=meta.get("noise_std", 0.1))
+    policy = BehaviorPolicy(
+        meta["obs_dim"],
+        meta["act_dim"],
+        tuple(meta["hidden"]),
+        kind=meta["kind"],
+        action_low=meta["action_low"],
+        action_high=meta["action_high"],
+        noise_std=meta.get("noise_std", 0.1),
+    )
     policy.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     policy.info = meta  # everything the sidecar says: env, how it was made, return range
     return policy.eval()
@@ -157,8 +187,15 @@ def from_sb3(model) -> BehaviorPolicy:
     if kind == "td3":
         linear_ids, head = linear_ids[:-1], linear_ids[-1]
     hidden = tuple(int(sd[f"{prefix}{i}.weight"].shape[0]) for i in linear_ids)
-    policy = BehaviorPolicy(obs_dim, act_dim, hidden, kind=kind, action_low=space.low, action_high=space.high,
-                            noise_std=_td3_noise_std(model) if kind == "td3" else 0.1)
+    policy = BehaviorPolicy(
+        obs_dim,
+        act_dim,
+        hidden,
+        kind=kind,
+        action_low=space.low,
+        action_high=space.high,
+        noise_std=_td3_noise_std(model) if kind == "td3" else 0.1,
+    )
     new = {}
     for j, i in enumerate(linear_ids):
         for p in ("weight", "bias"):

@@ -158,8 +158,14 @@ def _make_env(gym_id: str, max_episode_steps: int, *, seed: int | None = None):
 def _make_model(cfg: TrainConfig, env, buffer_size: int):
     from stable_baselines3 import SAC, TD3
 
-    kw = {"buffer_size": buffer_size, "seed": cfg.seed, "device": cfg.device, "verbose": 0,
-          "batch_size": cfg.batch_size, "learning_starts": cfg.learning_starts}
+    kw = {
+        "buffer_size": buffer_size,
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "verbose": 0,
+        "batch_size": cfg.batch_size,
+        "learning_starts": cfg.learning_starts,
+    }
     if cfg.hidden is not None:
         kw["policy_kwargs"] = {"net_arch": list(cfg.hidden)}
     if cfg.algo == "sac":
@@ -255,8 +261,10 @@ def _run_lock(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise ValueError(f"run directory {run_dir} is in use by another process "
-                             f"(pid {f.read().strip() or 'unknown'}); wait for it or use another --run-dir") from None
+            raise ValueError(
+                f"run directory {run_dir} is in use by another process "
+                f"(pid {f.read().strip() or 'unknown'}); wait for it or use another --run-dir"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -268,10 +276,17 @@ def _run_lock(run_dir: Path):
 
 
 def _train(cfg: TrainConfig, spec, run_dir: Path, progress: bool, on_checkpoint, command) -> dict:
-    identity = {"env": spec.name, "gym_id": spec.gym_id, "algo": cfg.algo, "seed": cfg.seed,
-                "checkpoint_every": cfg.checkpoint_every, "eval_episodes": cfg.eval_episodes,
-                "hidden": None if cfg.hidden is None else list(cfg.hidden), "batch_size": cfg.batch_size,
-                "learning_starts": cfg.learning_starts}
+    identity = {
+        "env": spec.name,
+        "gym_id": spec.gym_id,
+        "algo": cfg.algo,
+        "seed": cfg.seed,
+        "checkpoint_every": cfg.checkpoint_every,
+        "eval_episodes": cfg.eval_episodes,
+        "hidden": None if cfg.hidden is None else list(cfg.hidden),
+        "batch_size": cfg.batch_size,
+        "learning_starts": cfg.learning_starts,
+    }
     env = _make_env(spec.gym_id, spec.max_episode_steps)
 
     if (run_dir / RUN_FILE).is_file():
@@ -279,8 +294,10 @@ def _train(cfg: TrainConfig, spec, run_dir: Path, progress: bool, on_checkpoint,
         clash = {k: (state.get(k, v if k in _OPTIONAL_IDENTITY else None), v) for k, v in identity.items()}
         clash = {k: ab for k, ab in clash.items() if ab[0] != ab[1]}
         if clash:
-            raise ValueError(f"run directory {run_dir} was made with different settings: "
-                             + ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in clash.items()))
+            raise ValueError(
+                f"run directory {run_dir} was made with different settings: "
+                + ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in clash.items())
+            )
         state["steps"] = max(state["steps"], cfg.steps)
         done = state["buffer_pos"]
         if done >= cfg.steps:
@@ -290,8 +307,12 @@ def _train(cfg: TrainConfig, spec, run_dir: Path, progress: bool, on_checkpoint,
         model = _load_model(cfg.algo, run_dir / last["model"], env=env, device=cfg.device)
         if model.replay_buffer.buffer_size < cfg.steps:
             model.replay_buffer = type(model.replay_buffer)(
-                cfg.steps, model.observation_space, model.action_space, device=model.device,
-                handle_timeout_termination=True)
+                cfg.steps,
+                model.observation_space,
+                model.action_space,
+                device=model.device,
+                handle_timeout_termination=True,
+            )
         with np.load(run_dir / BUFFER_FILE) as z:
             arrays = {k: z[k] for k in _BUFFER_KEYS}
         _restore_buffer(model.replay_buffer, arrays, done)
@@ -300,16 +321,22 @@ def _train(cfg: TrainConfig, spec, run_dir: Path, progress: bool, on_checkpoint,
         model.replay_buffer.timeouts[done - 1, 0] = 1.0
         print(f"resuming {run_dir} at step {done} of {cfg.steps}", file=sys.stderr)
     else:
-        state = {**identity, "steps": cfg.steps, "device": cfg.device, "command": command,
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "buffer_pos": 0, "train_wall_s": 0.0,
-                 "checkpoints": []}
+        state = {
+            **identity,
+            "steps": cfg.steps,
+            "device": cfg.device,
+            "command": command,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "buffer_pos": 0,
+            "train_wall_s": 0.0,
+            "checkpoints": [],
+        }
         model = _make_model(cfg, env, buffer_size=cfg.steps)
         done = 0
 
     from stable_baselines3.common.callbacks import BaseCallback
 
-    bar = _tqdm(total=cfg.steps, initial=done, desc=f"train {cfg.algo} {spec.name}", disable=not progress,
-                unit="step")
+    bar = _tqdm(total=cfg.steps, initial=done, desc=f"train {cfg.algo} {spec.name}", disable=not progress, unit="step")
 
     class _Bar(BaseCallback):
         def _on_step(self) -> bool:
@@ -332,17 +359,25 @@ def _train(cfg: TrainConfig, spec, run_dir: Path, progress: bool, on_checkpoint,
             model.save(str(tmp))  # SB3 appends .zip
             os.replace(f"{tmp}.zip", run_dir / name)
             _atomic_save_npz(run_dir / BUFFER_FILE, _buffer_arrays(model.replay_buffer, done))
-            entry = {"step": done, "eval_return_mean": float(np.mean(rets)), "eval_return_std": float(np.std(rets)),
-                     "eval_returns": [round(r, 3) for r in rets], "model": name,
-                     "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_s": round(train_s, 1),
-                     "eval_s": round(eval_s, 1)}
+            entry = {
+                "step": done,
+                "eval_return_mean": float(np.mean(rets)),
+                "eval_return_std": float(np.std(rets)),
+                "eval_returns": [round(r, 3) for r in rets],
+                "model": name,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "train_s": round(train_s, 1),
+                "eval_s": round(eval_s, 1),
+            }
             state["checkpoints"] = [c for c in state["checkpoints"] if c["step"] != done] + [entry]
             state["buffer_pos"] = done
             state["train_wall_s"] = round(state.get("train_wall_s", 0.0) + train_s + eval_s, 1)
             _atomic_write_json(run_dir / RUN_FILE, state)
             bar.set_postfix(eval=f"{entry['eval_return_mean']:.0f}")
-            bar.write(f"step {done}: eval return {entry['eval_return_mean']:.1f} ± {entry['eval_return_std']:.1f}"
-                      f" ({train_s:.0f}s train, {eval_s:.0f}s eval)")
+            bar.write(
+                f"step {done}: eval return {entry['eval_return_mean']:.1f} ± {entry['eval_return_std']:.1f}"
+                f" ({train_s:.0f}s train, {eval_s:.0f}s eval)"
+            )
             if on_checkpoint is not None:
                 on_checkpoint(entry)
     finally:
@@ -403,8 +438,16 @@ def record(
     ``episode_returns`` (episodes that ended by termination or time limit) and ``cut_returns`` (cut ones).
     """
     with one_torch_thread():
-        return _record(spec, transitions, policy, deterministic=deterministic, seed=seed, num_envs=num_envs,
-                       progress=progress, desc=desc)
+        return _record(
+            spec,
+            transitions,
+            policy,
+            deterministic=deterministic,
+            seed=seed,
+            num_envs=num_envs,
+            progress=progress,
+            desc=desc,
+        )
 
 
 def _record(spec, transitions, policy, *, deterministic, seed, num_envs, progress, desc) -> dict[str, Any]:
@@ -479,12 +522,29 @@ def _record(spec, transitions, policy, *, deterministic, seed, num_envs, progres
     return out
 
 
-def measure_returns(spec, policy=None, episodes: int = 100, *, deterministic: bool = False, seed: int = 0,
-                    num_envs: int = 16, progress: bool = True, desc: str = "measure") -> np.ndarray:
+def measure_returns(
+    spec,
+    policy=None,
+    episodes: int = 100,
+    *,
+    deterministic: bool = False,
+    seed: int = 0,
+    num_envs: int = 16,
+    progress: bool = True,
+    desc: str = "measure",
+) -> np.ndarray:
     """Returns of ``episodes`` whole episodes of ``policy`` (None: uniform random), batched over env copies."""
     with one_torch_thread():
-        return _measure(spec, policy, episodes, deterministic=deterministic, seed=seed, num_envs=num_envs,
-                        progress=progress, desc=desc)
+        return _measure(
+            spec,
+            policy,
+            episodes,
+            deterministic=deterministic,
+            seed=seed,
+            num_envs=num_envs,
+            progress=progress,
+            desc=desc,
+        )
 
 
 def _measure(spec, policy, episodes, *, deterministic, seed, num_envs, progress, desc) -> np.ndarray:
@@ -557,8 +617,16 @@ def buffer_transitions(run_dir: str | os.PathLike, n: int, action_low, action_hi
 
 def concat_levels(*parts: dict[str, Any]) -> dict[str, Any]:
     """Concatenate recorded levels (medium-expert = medium + expert); every part ends with a flagged step."""
-    keys = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts",
-            "episode_returns", "cut_returns")
+    keys = (
+        "observations",
+        "next_observations",
+        "actions",
+        "rewards",
+        "terminals",
+        "timeouts",
+        "episode_returns",
+        "cut_returns",
+    )
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
@@ -581,8 +649,9 @@ def select_expert(checkpoints: list[dict], rule: str = "best") -> dict:
     return max(checkpoints, key=lambda c: c["eval_return_mean"])  # max keeps the first of equal ones
 
 
-def select_medium(checkpoints: list[dict], fraction: float = 1 / 3, *, expert: dict | None = None,
-                  rule: str = "closest") -> dict:
+def select_medium(
+    checkpoints: list[dict], fraction: float = 1 / 3, *, expert: dict | None = None, rule: str = "closest"
+) -> dict:
     """The medium checkpoint: at ``fraction`` of the expert's evaluated return, among checkpoints up to it.
 
     ``first``: the first checkpoint whose return reaches the target (D4RL's "early-stopped at a third of
@@ -620,16 +689,24 @@ def summarize(arrays: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_level(dataset: str, arrays: dict[str, Any], spec, metadata: dict[str, Any], *,
-                overwrite: bool = False) -> Path:
+def write_level(
+    dataset: str, arrays: dict[str, Any], spec, metadata: dict[str, Any], *, overwrite: bool = False
+) -> Path:
     """Write recorded arrays as the Minari dataset ``dataset`` (atomic; refuses an existing id)."""
     from flowrl.envs.minari_io import write_minari_dataset
 
     try:
         return write_minari_dataset(
-            dataset, arrays["observations"], arrays["actions"], arrays["rewards"], arrays["terminals"],
-            arrays["timeouts"], env_id=spec.gym_id, metadata=metadata,
-            next_observations=arrays["next_observations"], overwrite=overwrite,
+            dataset,
+            arrays["observations"],
+            arrays["actions"],
+            arrays["rewards"],
+            arrays["terminals"],
+            arrays["timeouts"],
+            env_id=spec.gym_id,
+            metadata=metadata,
+            next_observations=arrays["next_observations"],
+            overwrite=overwrite,
         )
     except OSError as e:
         if e.errno == errno.ENOSPC:
@@ -649,8 +726,11 @@ def check_free_space(path: str | os.PathLike, needed: int, what: str) -> None:
         p = p.parent
     free = shutil.disk_usage(p).free
     if free < needed:
-        raise OSError(errno.ENOSPC, f"not enough disk space for {what}: need about {needed / 2**20:.0f} MiB "
-                                    f"at {p}, {free / 2**20:.0f} MiB free")
+        raise OSError(
+            errno.ENOSPC,
+            f"not enough disk space for {what}: need about {needed / 2**20:.0f} MiB "
+            f"at {p}, {free / 2**20:.0f} MiB free",
+        )
 
 
 def _version() -> str:
@@ -725,20 +805,40 @@ def default_run_dir(env: str, algo: str, seed: int) -> Path:
 def _reference_scores(spec, cfg: CollectConfig, expert_policy, progress: bool) -> dict[str, Any]:
     if spec.has_reference:
         return {"ref_min_score": spec.ref_min_score, "ref_max_score": spec.ref_max_score, "ref_source": "D4RL"}
-    lo = measure_returns(spec, None, cfg.ref_episodes, seed=cfg.seed + 20_000, num_envs=cfg.num_envs,
-                         progress=progress, desc="ref: random")
+    lo = measure_returns(
+        spec,
+        None,
+        cfg.ref_episodes,
+        seed=cfg.seed + 20_000,
+        num_envs=cfg.num_envs,
+        progress=progress,
+        desc="ref: random",
+    )
     out: dict[str, Any] = {"ref_min_score": float(lo.mean()), "ref_source": f"measured over {len(lo)} episodes"}
     if expert_policy is not None:
-        hi = measure_returns(spec, expert_policy, cfg.ref_episodes, seed=cfg.seed + 30_000, num_envs=cfg.num_envs,
-                             progress=progress, desc="ref: expert")
+        hi = measure_returns(
+            spec,
+            expert_policy,
+            cfg.ref_episodes,
+            seed=cfg.seed + 30_000,
+            num_envs=cfg.num_envs,
+            progress=progress,
+            desc="ref: expert",
+        )
         out["ref_max_score"] = float(hi.mean())
     return out
 
 
-def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callable[[dict], None] | None = None,
-            command: str | None = None, export_behavior: str | os.PathLike | None = None,
-            export_seeds: tuple[int, ...] = (0, 1, 2),
-            export_transitions: int = DEFAULT_TRANSITIONS) -> dict[str, dict[str, Any]]:
+def collect(
+    cfg: CollectConfig,
+    *,
+    progress: bool = True,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    command: str | None = None,
+    export_behavior: str | os.PathLike | None = None,
+    export_seeds: tuple[int, ...] = (0, 1, 2),
+    export_transitions: int = DEFAULT_TRANSITIONS,
+) -> dict[str, dict[str, Any]]:
     """Train (or resume) the behaviour policy and write the requested levels; returns ``{level: info}``.
 
     Every target id is checked before any work (existing ones refused unless ``overwrite``), and so is the
@@ -759,17 +859,24 @@ def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callabl
             raise FileExistsError(f"dataset {taken[0]!r} already exists in {root} (pass --overwrite to replace it)")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(spec.name, cfg.algo, cfg.seed)
     n_ckpt = -(-cfg.steps // cfg.checkpoint_every)
-    sizes = {"random": cfg.transitions, "medium": cfg.transitions, "expert": cfg.transitions,
-             "medium-replay": cfg.steps, "medium-expert": 2 * cfg.transitions}
+    sizes = {
+        "random": cfg.transitions,
+        "medium": cfg.transitions,
+        "expert": cfg.transitions,
+        "medium-replay": cfg.steps,
+        "medium-expert": 2 * cfg.transitions,
+    }
     check_free_space(root, sum(estimate_bytes(sizes[lv], obs_dim, act_dim) for lv in cfg.levels), "the datasets")
     needs_policy = any(lv != "random" for lv in cfg.levels) or not spec.has_reference or export_behavior is not None
     if export_behavior is not None and Path(export_behavior).with_suffix(".pt").exists() and not cfg.overwrite:
-        raise FileExistsError(f"{Path(export_behavior).with_suffix('.pt')} already exists (pass --overwrite to "
-                              "replace it)")
+        raise FileExistsError(
+            f"{Path(export_behavior).with_suffix('.pt')} already exists (pass --overwrite to replace it)"
+        )
     if needs_policy and not (run_dir / RUN_FILE).is_file():
         ckpt_bytes = 40 * (obs_dim + act_dim + 256) * 256 + (1 << 20)  # SB3 zip: actor, critics, optimizers
-        check_free_space(run_dir, n_ckpt * ckpt_bytes + estimate_bytes(cfg.steps, 2 * obs_dim, act_dim),
-                         "the training run")
+        check_free_space(
+            run_dir, n_ckpt * ckpt_bytes + estimate_bytes(cfg.steps, 2 * obs_dim, act_dim), "the training run"
+        )
 
     state, medium_ck, final_ck, policies = None, None, None, {}
     if needs_policy:
@@ -781,55 +888,110 @@ def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callabl
         for name, ck in (("medium", medium_ck), ("expert", final_ck)):
             policies[name] = from_sb3(_load_model(cfg.algo, run_dir / ck["model"]))
         if export_behavior is not None:
-            info = {"algorithm": f"SB3 {cfg.algo.upper()}", "command": command or state.get("command"),
-                    "training_command": state.get("command"), "run_dir": str(run_dir), "seed": cfg.seed,
-                    "training_steps": ckpts[-1]["step"], "medium_fraction": cfg.medium_fraction,
-                    "medium_rule": cfg.medium_rule, "expert_rule": cfg.expert_rule, "expert_step": final_ck["step"],
-                    "policy_step": medium_ck["step"], "eval_return": medium_ck["eval_return_mean"],
-                    "eval_returns": medium_ck["eval_returns"], "expert_eval_return": final_ck["eval_return_mean"],
-                    "eval_episodes": cfg.eval_episodes, "training_wall_s": state.get("train_wall_s"),
-                    "checkpoint_returns": {c["step"]: round(c["eval_return_mean"], 1) for c in ckpts}}
-            export_behavior_policy(run_dir / medium_ck["model"], export_behavior, cfg.env, info=info,
-                                   seeds=export_seeds, transitions=export_transitions, num_envs=cfg.num_envs,
-                                   progress=progress)
+            info = {
+                "algorithm": f"SB3 {cfg.algo.upper()}",
+                "command": command or state.get("command"),
+                "training_command": state.get("command"),
+                "run_dir": str(run_dir),
+                "seed": cfg.seed,
+                "training_steps": ckpts[-1]["step"],
+                "medium_fraction": cfg.medium_fraction,
+                "medium_rule": cfg.medium_rule,
+                "expert_rule": cfg.expert_rule,
+                "expert_step": final_ck["step"],
+                "policy_step": medium_ck["step"],
+                "eval_return": medium_ck["eval_return_mean"],
+                "eval_returns": medium_ck["eval_returns"],
+                "expert_eval_return": final_ck["eval_return_mean"],
+                "eval_episodes": cfg.eval_episodes,
+                "training_wall_s": state.get("train_wall_s"),
+                "checkpoint_returns": {c["step"]: round(c["eval_return_mean"], 1) for c in ckpts},
+            }
+            export_behavior_policy(
+                run_dir / medium_ck["model"],
+                export_behavior,
+                cfg.env,
+                info=info,
+                seeds=export_seeds,
+                transitions=export_transitions,
+                num_envs=cfg.num_envs,
+                progress=progress,
+            )
             if progress:
-                print(f"exported the medium policy (step {medium_ck['step']}, eval return "
-                      f"{medium_ck['eval_return_mean']:.1f}) to {export_behavior}", file=sys.stderr)
+                print(
+                    f"exported the medium policy (step {medium_ck['step']}, eval return "
+                    f"{medium_ck['eval_return_mean']:.1f}) to {export_behavior}",
+                    file=sys.stderr,
+                )
     if not cfg.levels:
         return {}
     refs = _reference_scores(spec, cfg, policies.get("expert"), progress)
 
-    common = {"env_name": spec.name, "gym_id": spec.gym_id, "seed": cfg.seed, "flowrl_version": _version(),
-              "command": command, **refs}
+    common = {
+        "env_name": spec.name,
+        "gym_id": spec.gym_id,
+        "seed": cfg.seed,
+        "flowrl_version": _version(),
+        "command": command,
+        **refs,
+    }
     if state is not None:
-        common.update(training_algorithm=f"SB3 {cfg.algo.upper()}", training_steps=ckpts[-1]["step"],
-                      run_dir=str(run_dir), medium_fraction=cfg.medium_fraction, medium_rule=cfg.medium_rule,
-                      expert_rule=cfg.expert_rule)
+        common.update(
+            training_algorithm=f"SB3 {cfg.algo.upper()}",
+            training_steps=ckpts[-1]["step"],
+            run_dir=str(run_dir),
+            medium_fraction=cfg.medium_fraction,
+            medium_rule=cfg.medium_rule,
+            expert_rule=cfg.expert_rule,
+        )
     recorded: dict[str, dict[str, Any]] = {}
 
     def get(level: str) -> dict[str, Any]:
         if level not in recorded:
             if level == "random":
-                arr = record(spec, cfg.transitions, None, seed=cfg.seed, num_envs=cfg.num_envs, progress=progress,
-                             desc="record random")
+                arr = record(
+                    spec,
+                    cfg.transitions,
+                    None,
+                    seed=cfg.seed,
+                    num_envs=cfg.num_envs,
+                    progress=progress,
+                    desc="record random",
+                )
                 meta = {"algorithm_name": "uniform random actions", "policy": "uniform random"}
             elif level in POLICY_LEVELS:
                 ck = medium_ck if level == "medium" else final_ck
-                arr = record(spec, cfg.transitions, policies[level], seed=cfg.seed + 1 + LEVELS.index(level),
-                             num_envs=cfg.num_envs, progress=progress, desc=f"record {level}")
-                meta = {"algorithm_name": f"SB3 {cfg.algo.upper()} (stochastic actions)",
-                        "policy": f"{run_dir / ck['model']}", "policy_step": ck["step"],
-                        "eval_return": ck["eval_return_mean"]}
+                arr = record(
+                    spec,
+                    cfg.transitions,
+                    policies[level],
+                    seed=cfg.seed + 1 + LEVELS.index(level),
+                    num_envs=cfg.num_envs,
+                    progress=progress,
+                    desc=f"record {level}",
+                )
+                meta = {
+                    "algorithm_name": f"SB3 {cfg.algo.upper()} (stochastic actions)",
+                    "policy": f"{run_dir / ck['model']}",
+                    "policy_step": ck["step"],
+                    "eval_return": ck["eval_return_mean"],
+                }
             elif level == "medium-replay":
                 arr = buffer_transitions(run_dir, medium_ck["step"], low, high)
-                meta = {"algorithm_name": f"SB3 {cfg.algo.upper()} replay buffer",
-                        "policy": "replay buffer up to the medium checkpoint", "policy_step": medium_ck["step"],
-                        "eval_return": medium_ck["eval_return_mean"]}
+                meta = {
+                    "algorithm_name": f"SB3 {cfg.algo.upper()} replay buffer",
+                    "policy": "replay buffer up to the medium checkpoint",
+                    "policy_step": medium_ck["step"],
+                    "eval_return": medium_ck["eval_return_mean"],
+                }
             else:
                 arr = concat_levels(get("medium")[0], get("expert")[0])
-                meta = {"algorithm_name": f"SB3 {cfg.algo.upper()} medium + expert",
-                        "policy": "medium and expert checkpoints", "policy_step": [medium_ck["step"], final_ck["step"]],
-                        "eval_return": [medium_ck["eval_return_mean"], final_ck["eval_return_mean"]]}
+                meta = {
+                    "algorithm_name": f"SB3 {cfg.algo.upper()} medium + expert",
+                    "policy": "medium and expert checkpoints",
+                    "policy_step": [medium_ck["step"], final_ck["step"]],
+                    "eval_return": [medium_ck["eval_return_mean"], final_ck["eval_return_mean"]],
+                }
             recorded[level] = (arr, meta)
         return recorded[level]
 
@@ -839,18 +1001,36 @@ def collect(cfg: CollectConfig, *, progress: bool = True, on_checkpoint: Callabl
         stats = summarize(arr)
         meta = {**common, **meta, "level": level, **stats}
         path = write_level(ids[level], arr, spec, meta, overwrite=cfg.overwrite)
-        out[level] = {"dataset_id": ids[level], "path": str(path), **stats,
-                      **{k: meta[k] for k in ("policy_step", "eval_return") if k in meta}}
+        out[level] = {
+            "dataset_id": ids[level],
+            "path": str(path),
+            **stats,
+            **{k: meta[k] for k in ("policy_step", "eval_return") if k in meta},
+        }
         if progress:
-            print(f"wrote {ids[level]}: {stats['transitions']} transitions, {stats['episodes']} episodes, "
-                  f"mean return {stats['mean_return']:.1f}", file=sys.stderr)
+            print(
+                f"wrote {ids[level]}: {stats['transitions']} transitions, {stats['episodes']} episodes, "
+                f"mean return {stats['mean_return']:.1f}",
+                file=sys.stderr,
+            )
     return out
 
 
-def collect_from_policy(env: str, policy_path: str | os.PathLike, level: str, transitions: int = DEFAULT_TRANSITIONS,
-                        *, seed: int = 0, deterministic: bool = False, num_envs: int = 16, overwrite: bool = False,
-                        dataset: str | None = None, ref_episodes: int = 100, progress: bool = True,
-                        command: str | None = None) -> dict[str, Any]:
+def collect_from_policy(
+    env: str,
+    policy_path: str | os.PathLike,
+    level: str,
+    transitions: int = DEFAULT_TRANSITIONS,
+    *,
+    seed: int = 0,
+    deterministic: bool = False,
+    num_envs: int = 16,
+    overwrite: bool = False,
+    dataset: str | None = None,
+    ref_episodes: int = 100,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Record ``transitions`` steps of an existing policy (SB3 SAC/TD3 ``.zip`` or flowrl ``.pt``) as a level."""
     from flowrl.envs.behavior import load_behavior
     from flowrl.envs.minari_io import minari_root
@@ -859,8 +1039,10 @@ def collect_from_policy(env: str, policy_path: str | os.PathLike, level: str, tr
     spec = get_spec(env)
     if level not in POLICY_LEVELS:
         if level in LEVELS:
-            raise ValueError(f"level {level!r} cannot be recorded from one policy; --from-policy records "
-                             f"{' or '.join(POLICY_LEVELS)}")
+            raise ValueError(
+                f"level {level!r} cannot be recorded from one policy; --from-policy records "
+                f"{' or '.join(POLICY_LEVELS)}"
+            )
         raise ValueError(f"unknown level {level!r}; --from-policy records {' or '.join(POLICY_LEVELS)}")
     if transitions <= 0:
         raise ValueError(f"transitions must be positive, got {transitions}")
@@ -871,29 +1053,54 @@ def collect_from_policy(env: str, policy_path: str | os.PathLike, level: str, tr
     obs_dim, act_dim, _, _ = _flat_dims(spec)
     policy = load_behavior(policy_path)
     if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
-        raise ValueError(f"policy {policy_path} is for observations of size {policy.obs_dim} and actions of size "
-                         f"{policy.act_dim}; {spec.gym_id} has {obs_dim} and {act_dim}")
+        raise ValueError(
+            f"policy {policy_path} is for observations of size {policy.obs_dim} and actions of size "
+            f"{policy.act_dim}; {spec.gym_id} has {obs_dim} and {act_dim}"
+        )
     check_free_space(root, estimate_bytes(transitions, obs_dim, act_dim), f"dataset {ds_id!r}")
-    arr = record(spec, transitions, policy, deterministic=deterministic, seed=seed, num_envs=num_envs,
-                 progress=progress, desc=f"record {level}")
+    arr = record(
+        spec,
+        transitions,
+        policy,
+        deterministic=deterministic,
+        seed=seed,
+        num_envs=num_envs,
+        progress=progress,
+        desc=f"record {level}",
+    )
     if spec.has_reference:
         refs = {"ref_min_score": spec.ref_min_score, "ref_max_score": spec.ref_max_score, "ref_source": "D4RL"}
     else:
-        lo = measure_returns(spec, None, ref_episodes, seed=seed + 20_000, num_envs=num_envs, progress=progress,
-                             desc="ref: random")
+        lo = measure_returns(
+            spec, None, ref_episodes, seed=seed + 20_000, num_envs=num_envs, progress=progress, desc="ref: random"
+        )
         refs = {"ref_min_score": float(lo.mean()), "ref_source": f"measured over {len(lo)} episodes"}
     info = getattr(policy, "info", {})
-    meta = {"env_name": spec.name, "gym_id": spec.gym_id, "level": level, "seed": seed, "command": command,
-            "flowrl_version": _version(), "policy": str(Path(policy_path).resolve()),
-            "algorithm_name": f"{policy.kind.upper()} policy ({'deterministic' if deterministic else 'stochastic'})",
-            **{k: info[k] for k in ("policy_step", "eval_return", "training_steps") if k in info},
-            **refs, **summarize(arr)}
+    meta = {
+        "env_name": spec.name,
+        "gym_id": spec.gym_id,
+        "level": level,
+        "seed": seed,
+        "command": command,
+        "flowrl_version": _version(),
+        "policy": str(Path(policy_path).resolve()),
+        "algorithm_name": f"{policy.kind.upper()} policy ({'deterministic' if deterministic else 'stochastic'})",
+        **{k: info[k] for k in ("policy_step", "eval_return", "training_steps") if k in info},
+        **refs,
+        **summarize(arr),
+    }
     path = write_level(ds_id, arr, spec, meta, overwrite=overwrite)
     return {"dataset_id": ds_id, "path": str(path), **summarize(arr)}
 
 
-def ensure_default_dataset(name: str = "hopper-medium", *, progress: bool = True,
-                           transitions: int = DEFAULT_TRANSITIONS, seed: int = 0, num_envs: int = 16) -> str:
+def ensure_default_dataset(
+    name: str = "hopper-medium",
+    *,
+    progress: bool = True,
+    transitions: int = DEFAULT_TRANSITIONS,
+    seed: int = 0,
+    num_envs: int = 16,
+) -> str:
     """The Minari id of a built-in default dataset, generating it from the shipped policy when absent.
 
     ``hopper-medium`` -> ``flowrl/hopper/medium-v0``: ``transitions`` steps of the shipped Hopper SAC policy
@@ -903,7 +1110,7 @@ def ensure_default_dataset(name: str = "hopper-medium", *, progress: bool = True
     from flowrl.envs.minari_io import minari_root, resolve_minari_id
     from flowrl.envs.specs import get_spec
 
-    key = name[len("flowrl/"):].replace("/", "-").removesuffix("-v0") if name.startswith("flowrl/") else name
+    key = name[len("flowrl/") :].replace("/", "-").removesuffix("-v0") if name.startswith("flowrl/") else name
     if key not in DEFAULT_DATASETS:
         raise ValueError(f"no built-in default dataset {name!r}; built-in: {', '.join(DEFAULT_DATASETS)}")
     env, level, policy_name = DEFAULT_DATASETS[key]
@@ -915,18 +1122,25 @@ def ensure_default_dataset(name: str = "hopper-medium", *, progress: bool = True
         raise FileNotFoundError(f"the shipped behaviour policy {path} is missing from this installation")
     spec = get_spec(env)
     policy = load_behavior(path)
-    check_free_space(minari_root(), estimate_bytes(transitions, policy.obs_dim, policy.act_dim),
-                     f"dataset {ds_id!r}")
+    check_free_space(minari_root(), estimate_bytes(transitions, policy.obs_dim, policy.act_dim), f"dataset {ds_id!r}")
     t0 = time.time()
-    arr = record(spec, transitions, policy, seed=seed, num_envs=num_envs, progress=progress,
-                 desc=f"generate {ds_id}")
+    arr = record(spec, transitions, policy, seed=seed, num_envs=num_envs, progress=progress, desc=f"generate {ds_id}")
     info = getattr(policy, "info", {})
-    meta = {"env_name": spec.name, "gym_id": spec.gym_id, "level": level, "seed": seed,
-            "flowrl_version": _version(), "policy": f"flowrl.envs/policies/{path.name} (shipped)",
-            "algorithm_name": "SB3 SAC actor (shipped, stochastic actions)",
-            **{k: info[k] for k in ("policy_step", "eval_return", "training_steps", "command") if k in info},
-            "ref_min_score": spec.ref_min_score, "ref_max_score": spec.ref_max_score, "ref_source": "D4RL",
-            "generation_wall_s": round(time.time() - t0, 1), **summarize(arr)}
+    meta = {
+        "env_name": spec.name,
+        "gym_id": spec.gym_id,
+        "level": level,
+        "seed": seed,
+        "flowrl_version": _version(),
+        "policy": f"flowrl.envs/policies/{path.name} (shipped)",
+        "algorithm_name": "SB3 SAC actor (shipped, stochastic actions)",
+        **{k: info[k] for k in ("policy_step", "eval_return", "training_steps", "command") if k in info},
+        "ref_min_score": spec.ref_min_score,
+        "ref_max_score": spec.ref_max_score,
+        "ref_source": "D4RL",
+        "generation_wall_s": round(time.time() - t0, 1),
+        **summarize(arr),
+    }
     try:
         write_level(ds_id, arr, spec, meta)
     except FileExistsError:  # another process generated it meanwhile
@@ -934,9 +1148,17 @@ def ensure_default_dataset(name: str = "hopper-medium", *, progress: bool = True
     return ds_id
 
 
-def export_behavior_policy(source, out: str | os.PathLike, env: str = "hopper", *, info: dict[str, Any] | None = None,
-                           seeds: tuple[int, ...] = (0, 1, 2), transitions: int = DEFAULT_TRANSITIONS,
-                           num_envs: int = 16, progress: bool = True) -> dict[str, Any]:
+def export_behavior_policy(
+    source,
+    out: str | os.PathLike,
+    env: str = "hopper",
+    *,
+    info: dict[str, Any] | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    transitions: int = DEFAULT_TRANSITIONS,
+    num_envs: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Export an SB3 SAC/TD3 model (or ``.zip``) to a compact policy and record what it generates.
 
     For each seed a default-size dataset is recorded exactly as :func:`ensure_default_dataset` does (not
@@ -951,13 +1173,15 @@ def export_behavior_policy(source, out: str | os.PathLike, env: str = "hopper", 
     policy = from_sb3(source)
     obs_dim, act_dim, _, _ = _flat_dims(spec)
     if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
-        raise ValueError(f"policy is for sizes {policy.obs_dim}/{policy.act_dim}; "
-                         f"{spec.gym_id} has {obs_dim}/{act_dim}")
+        raise ValueError(
+            f"policy is for sizes {policy.obs_dim}/{policy.act_dim}; {spec.gym_id} has {obs_dim}/{act_dim}"
+        )
     means, lows, highs, walls, all_returns = [], [], [], [], []
     for seed in seeds:
         t0 = time.time()
-        arr = record(spec, transitions, policy, seed=seed, num_envs=num_envs, progress=progress,
-                     desc=f"dataset seed {seed}")
+        arr = record(
+            spec, transitions, policy, seed=seed, num_envs=num_envs, progress=progress, desc=f"dataset seed {seed}"
+        )
         walls.append(round(time.time() - t0, 1))
         rets = arr["episode_returns"]
         se = float(np.std(rets) / np.sqrt(max(len(rets), 1)))
@@ -967,10 +1191,17 @@ def export_behavior_policy(source, out: str | os.PathLike, env: str = "hopper", 
         all_returns.append(rets)
     rets = np.concatenate(all_returns)
     stats = {
-        "env": spec.name, "gym_id": spec.gym_id, **(info or {}),
-        "default_dataset": {"transitions": transitions, "num_envs": num_envs, "seeds": list(seeds),
-                            "mean_returns": [round(m, 1) for m in means], "wall_s": walls,
-                            "episodes_per_dataset": [len(r) for r in all_returns]},
+        "env": spec.name,
+        "gym_id": spec.gym_id,
+        **(info or {}),
+        "default_dataset": {
+            "transitions": transitions,
+            "num_envs": num_envs,
+            "seeds": list(seeds),
+            "mean_returns": [round(m, 1) for m in means],
+            "wall_s": walls,
+            "episodes_per_dataset": [len(r) for r in all_returns],
+        },
         "mean_return_range": [round(min(lows), 1), round(max(highs), 1)],
         "episode_return_range": [round(float(rets.min()), 1), round(float(rets.max()), 1)],
     }

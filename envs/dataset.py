@@ -106,8 +106,13 @@ class TrajectoryDataset:
         term = _as_flags(terminals, "terminals", where)
         tout = _as_flags(timeouts, "timeouts", where)
         n = obs.shape[0]
-        lengths = {"observations": n, "actions": act.shape[0], "rewards": rew.shape[0],
-                   "terminals": term.shape[0], "timeouts": tout.shape[0]}
+        lengths = {
+            "observations": n,
+            "actions": act.shape[0],
+            "rewards": rew.shape[0],
+            "terminals": term.shape[0],
+            "timeouts": tout.shape[0],
+        }
         if len(set(lengths.values())) != 1:
             detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
             raise ValueError(f"mismatched lengths{where}: {detail} (all must have the same first dimension)")

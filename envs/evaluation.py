@@ -222,8 +222,9 @@ def evaluate(
         runner = _Runner(spec.gym_id, n, limit, vectorization, video_size if video_path else None, env_kwargs)
     results = []
     try:
-        with tqdm(total=episodes * len(targets), desc=f"eval {spec.gym_id}", unit="ep",
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=episodes * len(targets), desc=f"eval {spec.gym_id}", unit="ep", disable=not progress, leave=False
+        ) as bar:
             for k, target in enumerate(targets):
                 record = video_path is not None and k == 0
                 t0 = time.perf_counter()
@@ -233,15 +234,17 @@ def evaluate(
                 if record and frames:
                     _write_video(video_path, frames, fps=_fps(runner))
                     saved = str(video_path)
-                results.append(EvalResult(
-                    target_return=None if target is None else float(target),
-                    returns=returns,
-                    lengths=lengths,
-                    normalized=_normalize(spec, returns, ref_scores),
-                    seconds=seconds,
-                    env=spec.gym_id,
-                    video=saved,
-                ))
+                results.append(
+                    EvalResult(
+                        target_return=None if target is None else float(target),
+                        returns=returns,
+                        lengths=lengths,
+                        normalized=_normalize(spec, returns, ref_scores),
+                        seconds=seconds,
+                        env=spec.gym_id,
+                        video=saved,
+                    )
+                )
     finally:
         runner.close()
     return results
@@ -250,8 +253,15 @@ def evaluate(
 class _Runner:
     """N environments with per-episode seeds; steps only the active ones in "sync" mode."""
 
-    def __init__(self, gym_id: str, n: int, limit: int, mode: str, video_size: tuple[int, int] | None,
-                 env_kwargs: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        gym_id: str,
+        n: int,
+        limit: int,
+        mode: str,
+        video_size: tuple[int, int] | None,
+        env_kwargs: Mapping[str, Any] | None = None,
+    ):
         import gymnasium
         from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
@@ -389,8 +399,18 @@ class _Workers:
         procs = [
             self.ctx.Process(
                 target=_worker_main,
-                args=(messages, w, policy, self.gym_id, min(envs_each, len(share)), self.limit, self.env_kwargs,
-                      seed + int(share[0]), len(share), target),
+                args=(
+                    messages,
+                    w,
+                    policy,
+                    self.gym_id,
+                    min(envs_each, len(share)),
+                    self.limit,
+                    self.env_kwargs,
+                    seed + int(share[0]),
+                    len(share),
+                    target,
+                ),
                 daemon=True,
             )
             for w, share in enumerate(shares)

@@ -124,9 +124,7 @@ def _final_from_next(dset: Any, ds: TrajectoryDataset, path: Path) -> np.ndarray
     """Rows of ``next_observations`` at episode ends [E, obs_dim], read block by block so the whole
     array is never held in memory."""
     if dset.shape != ds.observations.shape and dset.shape != (ds.num_transitions,):
-        raise ValueError(
-            f"{path}: next_observations has shape {dset.shape}, observations has {ds.observations.shape}"
-        )
+        raise ValueError(f"{path}: next_observations has shape {dset.shape}, observations has {ds.observations.shape}")
     ends = ds.episode_starts + ds.episode_lengths - 1
     parts = []
     for lo in range(0, ds.num_transitions, _BLOCK_ROWS):
@@ -297,8 +295,9 @@ def d4rl_url(name: str, base_url: str | None = None) -> str:
     return f"{D4RL_DEFAULT_BASE_URL}/{folder}/{filename}"
 
 
-def download_d4rl(name: str, *, base_url: str | None = None, cache_dir: Path | None = None,
-                  timeout: float = 60.0) -> Path:
+def download_d4rl(
+    name: str, *, base_url: str | None = None, cache_dir: Path | None = None, timeout: float = 60.0
+) -> Path:
     """Download a D4RL dataset into the cache atomically and return its path.
 
     The file is streamed to a temporary name in the cache folder, checked to be a readable D4RL file,

@@ -163,8 +163,11 @@ def _d4rl_name_from_file(filename: str) -> str:
 
 def _candidates_text() -> str:
     c = local_candidates()
-    parts = [f"{label}: {', '.join(names)}" for label, names in
-             (("flowrl datasets", c["flowrl"]), ("Minari ids", c["minari"]), ("D4RL cache", c["d4rl"])) if names]
+    parts = [
+        f"{label}: {', '.join(names)}"
+        for label, names in (("flowrl datasets", c["flowrl"]), ("Minari ids", c["minari"]), ("D4RL cache", c["d4rl"]))
+        if names
+    ]
     where = f"(Minari root {minari_root()}, D4RL cache {d4rl_cache_dir()})"
     if not parts:
         return f"No local datasets found {where}."

@@ -37,8 +37,18 @@ __all__ = [
     "write_minari_dataset",
 ]
 
-_RESERVED_KEYS = {"dataset_id", "observation_space", "action_space", "env_spec", "data_format",
-                  "jpeg_encoding", "minari_version", "total_episodes", "total_steps", "dataset_size"}
+_RESERVED_KEYS = {
+    "dataset_id",
+    "observation_space",
+    "action_space",
+    "env_spec",
+    "data_format",
+    "jpeg_encoding",
+    "minari_version",
+    "total_episodes",
+    "total_steps",
+    "dataset_size",
+}
 # Keys create_dataset_from_buffers takes as arguments (they also silence its "is None" warnings).
 _MINARI_ARGS = ("algorithm_name", "author", "author_email", "code_permalink", "description")
 
@@ -126,8 +136,13 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
     meta.update(source=str(data_dir.parent if data_dir.name == "data" else data_dir), format="minari")
     try:
         return TrajectoryDataset.from_arrays(
-            np.concatenate(obs_parts), np.concatenate(act), np.concatenate(rew), np.concatenate(term),
-            np.concatenate(trunc), meta, final_observations=np.stack(final),
+            np.concatenate(obs_parts),
+            np.concatenate(act),
+            np.concatenate(rew),
+            np.concatenate(term),
+            np.concatenate(trunc),
+            meta,
+            final_observations=np.stack(final),
         )
     except ValueError as e:
         raise ValueError(f"{data_dir}: {e}") from None
@@ -299,8 +314,14 @@ def write_minari_dataset(
         )
 
     ds = TrajectoryDataset.from_arrays(
-        observations, actions, rewards, terminals, timeouts, {"source": dataset_id},
-        next_observations=next_observations, final_observations=final_observations,
+        observations,
+        actions,
+        rewards,
+        terminals,
+        timeouts,
+        {"source": dataset_id},
+        next_observations=next_observations,
+        final_observations=final_observations,
     )
     final = ds.final_observations
     if final is None:
@@ -308,14 +329,16 @@ def write_minari_dataset(
         meta["final_observation_repeated"] = True
     buffers = []
     for e, (s, n) in enumerate(zip(ds.episode_starts.tolist(), ds.episode_lengths.tolist())):
-        buffers.append(EpisodeBuffer(
-            id=e,
-            observations=np.concatenate([ds.observations[s : s + n], final[e : e + 1]]),
-            actions=ds.actions[s : s + n],
-            rewards=ds.rewards[s : s + n],
-            terminations=ds.terminals[s : s + n],
-            truncations=ds.timeouts[s : s + n],
-        ))
+        buffers.append(
+            EpisodeBuffer(
+                id=e,
+                observations=np.concatenate([ds.observations[s : s + n], final[e : e + 1]]),
+                actions=ds.actions[s : s + n],
+                rewards=ds.rewards[s : s + n],
+                terminations=ds.terminals[s : s + n],
+                truncations=ds.timeouts[s : s + n],
+            )
+        )
 
     ref = {k: float(meta.pop(k)) for k in ("ref_min_score", "ref_max_score") if meta.get(k) is not None}
     kwargs: dict[str, Any] = {k: meta.pop(k) for k in _MINARI_ARGS if meta.get(k) is not None}

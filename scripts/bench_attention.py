@@ -56,22 +56,39 @@ TARGETS = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lengths", type=_int_list, default=list(DEFAULT_LENGTHS),
-                   help="comma-separated sequence lengths (B=64 at L=60, else B=1); default %(default)s")
-    p.add_argument("--methods", type=_method_list, default=list(METHODS),
-                   help=f"comma-separated subset of: {', '.join(METHODS)}")
+    p.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=list(DEFAULT_LENGTHS),
+        help="comma-separated sequence lengths (B=64 at L=60, else B=1); default %(default)s",
+    )
+    p.add_argument(
+        "--methods", type=_method_list, default=list(METHODS), help=f"comma-separated subset of: {', '.join(METHODS)}"
+    )
     p.add_argument("--repeats", type=int, default=15, help="timed calls per case (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="input dtype")
-    p.add_argument("--mem-budget-gb", type=float, default=8.0,
-                   help="skip the materialised form where its estimated peak exceeds this")
-    p.add_argument("--case-seconds", type=float, default=60.0,
-                   help="time budget per timed case: slow cases get fewer repeats (never fewer than 3)")
-    p.add_argument("--omp-wait-policy", choices=("passive", "active", "inherit"), default="passive",
-                   help="OMP_WAIT_POLICY of the worker processes (default passive: on a machine shared with "
-                        "other jobs, spinning OpenMP workers measure the scheduler, not the op; 'inherit' "
-                        "leaves the environment alone)")
+    p.add_argument(
+        "--mem-budget-gb",
+        type=float,
+        default=8.0,
+        help="skip the materialised form where its estimated peak exceeds this",
+    )
+    p.add_argument(
+        "--case-seconds",
+        type=float,
+        default=60.0,
+        help="time budget per timed case: slow cases get fewer repeats (never fewer than 3)",
+    )
+    p.add_argument(
+        "--omp-wait-policy",
+        choices=("passive", "active", "inherit"),
+        default="passive",
+        help="OMP_WAIT_POLICY of the worker processes (default passive: on a machine shared with "
+        "other jobs, spinning OpenMP workers measure the scheduler, not the op; 'inherit' "
+        "leaves the environment alone)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes (faster)")
     p.add_argument("--json", metavar="PATH", help="also write every measurement to this JSON file")
 
@@ -81,16 +98,27 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--repeats and --threads must be >= 1 and --warmup >= 0")
     machine = _machine(args.threads)
     load0 = os.getloadavg()
-    print(f"# flowrl bench attention: H={HEADS}, D=M={DIM_QK}, {args.dtype}, {args.threads} threads, "
-          f"OMP_WAIT_POLICY={args.omp_wait_policy}; {machine}; load average {_load(load0)}", flush=True)
+    print(
+        f"# flowrl bench attention: H={HEADS}, D=M={DIM_QK}, {args.dtype}, {args.threads} threads, "
+        f"OMP_WAIT_POLICY={args.omp_wait_policy}; {machine}; load average {_load(load0)}",
+        flush=True,
+    )
     rows = []
     for L in args.lengths:
         B = SMALL_B if L == SMALL_L else 1
         by_method = {m: {"L": L, "B": B, "method": m} for m in args.methods}
         for mode in MODES:
-            case = {"L": L, "B": B, "mode": mode, "dtype": args.dtype, "threads": args.threads,
-                    "repeats": args.repeats, "warmup": args.warmup, "budget": args.case_seconds,
-                    "omp": args.omp_wait_policy}
+            case = {
+                "L": L,
+                "B": B,
+                "mode": mode,
+                "dtype": args.dtype,
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "budget": args.case_seconds,
+                "omp": args.omp_wait_policy,
+            }
             runnable = []
             for m in args.methods:
                 if m == "materialised" and _materialised_estimate(case) > args.mem_budget_gb * 2**30:
@@ -118,10 +146,24 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "dtype": args.dtype, "threads": args.threads, "heads": HEADS,
-                       "omp_wait_policy": args.omp_wait_policy, "loadavg_start": load0, "loadavg_end": load1,
-                       "dim_qk": DIM_QK, "dim_v": DIM_V, "repeats": args.repeats, "rows": rows,
-                       "targets": verdicts}, f, indent=2)
+            json.dump(
+                {
+                    "machine": machine,
+                    "dtype": args.dtype,
+                    "threads": args.threads,
+                    "heads": HEADS,
+                    "omp_wait_policy": args.omp_wait_policy,
+                    "loadavg_start": load0,
+                    "loadavg_end": load1,
+                    "dim_qk": DIM_QK,
+                    "dim_v": DIM_V,
+                    "repeats": args.repeats,
+                    "rows": rows,
+                    "targets": verdicts,
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 
@@ -130,21 +172,40 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table; speedups are SDPA time / method time and materialised time / method time."""
-    head = ("| L | B | method | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB "
-            "| fwd+bwd speedup vs SDPA | fwd+bwd speedup vs materialised | fwd+bwd peak vs materialised |")
+    head = (
+        "| L | B | method | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB "
+        "| fwd+bwd speedup vs SDPA | fwd+bwd speedup vs materialised | fwd+bwd peak vs materialised |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     by_key = {(r["L"], r["method"]): r for r in rows}
     for r in rows:
         sd = by_key.get((r["L"], "sdpa causal"), {}).get("fwd+bwd", {})
         ma = by_key.get((r["L"], "materialised"), {}).get("fwd+bwd", {})
         fb = r["fwd+bwd"]
-        lines.append("| " + " | ".join([
-            str(r["L"]), str(r["B"]), r["method"],
-            _cell(r["fwd"], "ms"), _cell(fb, "ms"), _cell(r["fwd"], "peak_mib"), _cell(fb, "peak_mib"),
-            _ratio(sd.get("ms"), fb.get("ms"), r["method"] == "sdpa causal"),
-            _ratio(ma.get("ms"), fb.get("ms"), r["method"] == "materialised", ma.get("skipped")),
-            _ratio(fb.get("peak_mib"), ma.get("peak_mib"), r["method"] == "materialised", ma.get("skipped"), mem=True),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["L"]),
+                    str(r["B"]),
+                    r["method"],
+                    _cell(r["fwd"], "ms"),
+                    _cell(fb, "ms"),
+                    _cell(r["fwd"], "peak_mib"),
+                    _cell(fb, "peak_mib"),
+                    _ratio(sd.get("ms"), fb.get("ms"), r["method"] == "sdpa causal"),
+                    _ratio(ma.get("ms"), fb.get("ms"), r["method"] == "materialised", ma.get("skipped")),
+                    _ratio(
+                        fb.get("peak_mib"),
+                        ma.get("peak_mib"),
+                        r["method"] == "materialised",
+                        ma.get("skipped"),
+                        mem=True,
+                    ),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -252,8 +313,12 @@ def _spawn(case: dict) -> dict:
     if case["measure"] == "memory":
         # Freed blocks >= 64 KiB go straight back to the OS, so the resting RSS holds no stale free lists.
         env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
-    proc = subprocess.run([sys.executable, "-m", "flowrl.scripts.bench_attention", "--worker", json.dumps(case)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowrl.scripts.bench_attention", "--worker", json.dumps(case)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     last = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []
     if proc.returncode != 0 or not last:
         err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
@@ -288,15 +353,18 @@ def _make_case(case: dict, method: str):
     }[method]
 
     if not backward:
+
         def step():
             with torch.no_grad():
                 fn()
+
         return step
 
     def step():
         for x in (q, k, v):
             x.grad = None
         fn().backward(g)
+
     return step
 
 
@@ -343,8 +411,9 @@ def _worker(case: dict) -> dict:
                 t0 = time.perf_counter()
                 steps[m]()
                 times[m].append(time.perf_counter() - t0)
-    return {m: {"ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts), "repeats": len(ts)}
-            for m, ts in times.items()}
+    return {
+        m: {"ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts), "repeats": len(ts)} for m, ts in times.items()
+    }
 
 
 def _main_worker(argv: list[str]) -> None:

@@ -36,18 +36,28 @@ HELP = "data layer: dataset loading, context sampling, vectorized evaluation (pr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transitions", type=int, default=1_000_000, help="rows in the generated file")
-    parser.add_argument("--dataset", action="append", default=[], metavar="PATH",
-                        help="also time loading (and sampling from) this dataset; repeatable")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also time loading (and sampling from) this dataset; repeatable",
+    )
     parser.add_argument("--batch", type=int, default=64, help="context batch size B")
     parser.add_argument("--context", type=int, default=20, help="context length K")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
     parser.add_argument("--num-envs", type=int, default=10, help="environments stepped together")
-    parser.add_argument("--transformer-steps", type=int, default=200,
-                        help="episode length for the transformer-policy pair (bounds its run time)")
+    parser.add_argument(
+        "--transformer-steps",
+        type=int,
+        default=200,
+        help="episode length for the transformer-policy pair (bounds its run time)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     parser.add_argument("--skip-eval", action="store_true", help="skip the evaluation rows")
-    parser.add_argument("--async", dest="with_async", action="store_true",
-                        help="also time evaluate(vectorization='async')")
+    parser.add_argument(
+        "--async", dest="with_async", action="store_true", help="also time evaluate(vectorization='async')"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,17 +67,20 @@ def run(args: argparse.Namespace) -> int:
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="flowrl-bench-data-") as tmp:
         path = _make_file(Path(tmp) / "synthetic-1M.hdf5", args.transitions)
-        ds = _bench_load(rows, path, f"load+index {args.transitions / 1e6:g}M-row D4RL HDF5 (gzip)",
-                         args.repeats, raw_read=True)
+        ds = _bench_load(
+            rows, path, f"load+index {args.transitions / 1e6:g}M-row D4RL HDF5 (gzip)", args.repeats, raw_read=True
+        )
         for extra in args.dataset:
             _bench_load(rows, Path(extra), f"load+index {Path(extra).name}", args.repeats, raw_read=False)
         _bench_sampling(rows, ds, args)
     if not args.skip_eval:
         _bench_eval(rows, args)
     print(_table(rows))
-    print(f"\nmachine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
-          f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-          f"torch threads 1")
+    print(
+        f"\nmachine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
+        f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
+        f"torch threads 1"
+    )
     return 0
 
 
@@ -112,6 +125,7 @@ def _bench_load(rows, path: Path, label: str, repeats: int, *, raw_read: bool):
     t = _median_time(load, repeats)
     detail = f"{ds.num_transitions:,} rows, {ds.num_episodes:,} episodes"
     if raw_read:
+
         def read():
             with h5py.File(path, "r") as f:
                 for k in ("observations", "actions", "rewards", "terminals", "timeouts"):
@@ -134,8 +148,14 @@ def _bench_sampling(rows, ds, args) -> None:
     ours = _per_call(lambda: sampler.sample(B), min_seconds=1.0)
     theirs = _per_call(lambda: dt.get_batch(B), min_seconds=2.0)
     rows.append((f"sample {B}x{K} context batch: ContextSampler", f"{ours * 1e3:.3f} ms", "array indexing", ""))
-    rows.append((f"sample {B}x{K} context batch: original DT loop", f"{theirs * 1e3:.2f} ms",
-                 f"speedup {theirs / ours:.0f}x", "target >= 20x"))
+    rows.append(
+        (
+            f"sample {B}x{K} context batch: original DT loop",
+            f"{theirs * 1e3:.2f} ms",
+            f"speedup {theirs / ours:.0f}x",
+            "target >= 20x",
+        )
+    )
 
 
 class _OriginalDTBatcher:
@@ -167,8 +187,7 @@ class _OriginalDTBatcher:
 
     def get_batch(self, batch_size: int):
         max_len, sd, ad = self.max_len, self.state_dim, self.act_dim
-        batch_inds = np.random.choice(np.arange(len(self.trajectories)), size=batch_size, replace=True,
-                                      p=self.p_sample)
+        batch_inds = np.random.choice(np.arange(len(self.trajectories)), size=batch_size, replace=True, p=self.p_sample)
         s, a, r, d, rtg, timesteps, mask = [], [], [], [], [], [], []
         for i in range(batch_size):
             traj = self.trajectories[int(self.sorted_inds[batch_inds[i]])]
@@ -208,8 +227,12 @@ class _MLPPolicy:
 
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(11, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
-            torch.nn.Linear(64, 3), torch.nn.Tanh(),
+            torch.nn.Linear(11, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 3),
+            torch.nn.Tanh(),
         )
 
     def reset(self, env_mask, target_return):
@@ -302,33 +325,75 @@ def _bench_eval(rows, args) -> None:
     from flowrl.envs import evaluate
 
     E, N = args.episodes, args.num_envs
-    for name, make, steps, target in (("MLP 64x64", _MLPPolicy, 1000, "target >= 5x"),
-                                      ("DT-sized transformer", _TransformerPolicy, args.transformer_steps, "")):
+    for name, make, steps, target in (
+        ("MLP 64x64", _MLPPolicy, 1000, "target >= 5x"),
+        ("DT-sized transformer", _TransformerPolicy, args.transformer_steps, ""),
+    ):
         step, p1, pn = _component_costs(make(), N)
         bound = (p1 + step) / (pn / N + step)
-        rows.append((f"  {name}: env.step / policy call B=1 / B={N}",
-                     f"{step * 1e6:.0f} / {p1 * 1e6:.0f} / {pn * 1e6:.0f} us",
-                     f"ceiling for {N} sync envs on one core: {bound:.1f}x", ""))
+        rows.append(
+            (
+                f"  {name}: env.step / policy call B=1 / B={N}",
+                f"{step * 1e6:.0f} / {p1 * 1e6:.0f} / {pn * 1e6:.0f} us",
+                f"ceiling for {N} sync envs on one core: {bound:.1f}x",
+                "",
+            )
+        )
         t0 = time.perf_counter()
         ret_seq, len_seq = _sequential(make(), E, 0, steps)
         t_seq = time.perf_counter() - t0
         t0 = time.perf_counter()
-        (res,) = evaluate(make(), "Hopper-v5", episodes=E, num_envs=N, seed=0, progress=False,
-                          max_episode_steps=steps, env_kwargs=ENV_KWARGS)
+        (res,) = evaluate(
+            make(),
+            "Hopper-v5",
+            episodes=E,
+            num_envs=N,
+            seed=0,
+            progress=False,
+            max_episode_steps=steps,
+            env_kwargs=ENV_KWARGS,
+        )
         t_vec = time.perf_counter() - t0
-        rows.append((f"{E} Hopper episodes x {steps} steps, {name}: sequential loop", f"{t_seq:.2f} s",
-                     f"mean return {ret_seq.mean():.1f}", ""))
+        rows.append(
+            (
+                f"{E} Hopper episodes x {steps} steps, {name}: sequential loop",
+                f"{t_seq:.2f} s",
+                f"mean return {ret_seq.mean():.1f}",
+                "",
+            )
+        )
         # Returns agree only approximately: batched matmuls round differently from batch-1 ones and the
         # dynamics are chaotic over 1000 steps (the tests check exact equality with an elementwise policy).
-        rows.append((f"{E} Hopper episodes x {steps} steps, {name}: evaluate, {N} envs (sync)", f"{t_vec:.2f} s",
-                     f"speedup {t_seq / t_vec:.1f}x; mean return {res.mean:.1f}", target))
+        rows.append(
+            (
+                f"{E} Hopper episodes x {steps} steps, {name}: evaluate, {N} envs (sync)",
+                f"{t_vec:.2f} s",
+                f"speedup {t_seq / t_vec:.1f}x; mean return {res.mean:.1f}",
+                target,
+            )
+        )
         if args.with_async:
             t0 = time.perf_counter()
-            evaluate(make(), "Hopper-v5", episodes=E, num_envs=N, seed=0, progress=False, vectorization="async",
-                     max_episode_steps=steps, env_kwargs=ENV_KWARGS)
+            evaluate(
+                make(),
+                "Hopper-v5",
+                episodes=E,
+                num_envs=N,
+                seed=0,
+                progress=False,
+                vectorization="async",
+                max_episode_steps=steps,
+                env_kwargs=ENV_KWARGS,
+            )
             t_async = time.perf_counter() - t0
-            rows.append((f"{E} Hopper episodes x {steps} steps, {name}: evaluate, {N} envs (async)", f"{t_async:.2f} s",
-                         f"speedup {t_seq / t_async:.1f}x", ""))
+            rows.append(
+                (
+                    f"{E} Hopper episodes x {steps} steps, {name}: evaluate, {N} envs (async)",
+                    f"{t_async:.2f} s",
+                    f"speedup {t_seq / t_async:.1f}x",
+                    "",
+                )
+            )
 
 
 # ---------------------------------------------------------------------- helpers

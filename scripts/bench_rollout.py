@@ -201,8 +201,16 @@ def format_rollout_table(rows: list[dict]) -> str:
         mean_ret = statistics.fmean(r["returns"]) if r["returns"] else float("nan")
         reps = " ".join(f"{x:.2f}" for x in r["seconds"])
         body.append(
-            [r["label"], f"{r['median']:.2f}", reps, f"{r['env_steps']:,}", f"{rate:,.0f}", f"{mean_ret:.1f}", speedup,
-             paired]
+            [
+                r["label"],
+                f"{r['median']:.2f}",
+                reps,
+                f"{r['env_steps']:,}",
+                f"{rate:,.0f}",
+                f"{mean_ret:.1f}",
+                speedup,
+                paired,
+            ]
         )
     head = ["variant", "wall s (median)", "per repeat", "env steps", "env steps/s", "mean return", "speed-up vs d3rlpy"]
     return table([*head, "speed-up (paired)"], body)

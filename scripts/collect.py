@@ -40,42 +40,88 @@ def _steps(text: str) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("collect", help="build D4RL-style datasets with an SB3 behaviour policy",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "collect",
+        help="build D4RL-style datasets with an SB3 behaviour policy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("env", help="environment: hopper, halfcheetah, walker2d, ant, or a gymnasium id (Hopper-v5)")
-    p.add_argument("--levels", default="random,medium,medium-replay,expert,medium-expert",
-                   help="comma-separated levels to write, 'all' (default: all five) or 'none' (train only)")
+    p.add_argument(
+        "--levels",
+        default="random,medium,medium-replay,expert,medium-expert",
+        help="comma-separated levels to write, 'all' (default: all five) or 'none' (train only)",
+    )
     p.add_argument("--steps", type=_steps, default=300_000, help="behaviour-policy training steps (default 300000)")
     p.add_argument("--algo", choices=("sac", "td3"), default="sac", help="SB3 algorithm (default sac, as D4RL)")
-    p.add_argument("--checkpoint-every", type=_steps, default=10_000,
-                   help="checkpoint + deterministic evaluation every N steps (default 10000)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_steps,
+        default=10_000,
+        help="checkpoint + deterministic evaluation every N steps (default 10000)",
+    )
     p.add_argument("--eval-episodes", type=_steps, default=5, help="episodes per checkpoint evaluation (default 5)")
-    p.add_argument("--medium-fraction", type=_fraction, default=1 / 3,
-                   help="medium target = this fraction of the expert's evaluated return (default 1/3)")
-    p.add_argument("--medium-rule", choices=("closest", "first"), default="closest",
-                   help="medium = checkpoint whose return is closest to the target (default) or first to reach it")
-    p.add_argument("--expert-rule", choices=("best", "final"), default="best",
-                   help="expert = best evaluated checkpoint (default) or the final one")
-    p.add_argument("--transitions", type=_steps, default=100_000,
-                   help="transitions per recorded level (default 100000; D4RL used 1M)")
-    p.add_argument("--ref-episodes", type=_steps, default=100,
-                   help="episodes for measured reference scores on envs without D4RL constants (default 100)")
-    p.add_argument("--hidden", default=None,
-                   help="actor/critic hidden sizes, e.g. 64,64 (default: SB3's, SAC 256,256 / TD3 400,300)")
+    p.add_argument(
+        "--medium-fraction",
+        type=_fraction,
+        default=1 / 3,
+        help="medium target = this fraction of the expert's evaluated return (default 1/3)",
+    )
+    p.add_argument(
+        "--medium-rule",
+        choices=("closest", "first"),
+        default="closest",
+        help="medium = checkpoint whose return is closest to the target (default) or first to reach it",
+    )
+    p.add_argument(
+        "--expert-rule",
+        choices=("best", "final"),
+        default="best",
+        help="expert = best evaluated checkpoint (default) or the final one",
+    )
+    p.add_argument(
+        "--transitions",
+        type=_steps,
+        default=100_000,
+        help="transitions per recorded level (default 100000; D4RL used 1M)",
+    )
+    p.add_argument(
+        "--ref-episodes",
+        type=_steps,
+        default=100,
+        help="episodes for measured reference scores on envs without D4RL constants (default 100)",
+    )
+    p.add_argument(
+        "--hidden",
+        default=None,
+        help="actor/critic hidden sizes, e.g. 64,64 (default: SB3's, SAC 256,256 / TD3 400,300)",
+    )
     p.add_argument("--batch-size", type=_steps, default=256, help="minibatch per gradient step (default 256)")
     p.add_argument("--learning-starts", type=int, default=100, help="random steps before learning (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed for training and recording (default 0)")
     p.add_argument("--num-envs", type=_steps, default=16, help="env copies stepped together when recording")
-    p.add_argument("--run-dir", default=None,
-                   help="training run directory (default ~/.cache/flowrl/collect/ENV-ALGO-seedSEED); reused to resume")
-    p.add_argument("--from-policy", metavar="PATH", default=None,
-                   help="record from this SB3 .zip or flowrl .pt instead of training")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="training run directory (default ~/.cache/flowrl/collect/ENV-ALGO-seedSEED); reused to resume",
+    )
+    p.add_argument(
+        "--from-policy",
+        metavar="PATH",
+        default=None,
+        help="record from this SB3 .zip or flowrl .pt instead of training",
+    )
     p.add_argument("--level", default=None, help="with --from-policy: the level name to write (medium or expert)")
-    p.add_argument("--dataset-id", default=None,
-                   help="with --from-policy: Minari id to write (default flowrl/ENV/LEVEL-v0)")
+    p.add_argument(
+        "--dataset-id", default=None, help="with --from-policy: Minari id to write (default flowrl/ENV/LEVEL-v0)"
+    )
     p.add_argument("--deterministic", action="store_true", help="with --from-policy: act with the mean action")
-    p.add_argument("--export-behavior", metavar="PATH", default=None,
-                   help="also export the medium policy's actor as a compact flowrl policy (PATH.pt + PATH.json)")
+    p.add_argument(
+        "--export-behavior",
+        metavar="PATH",
+        default=None,
+        help="also export the medium policy's actor as a compact flowrl policy (PATH.pt + PATH.json)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace datasets (and an exported policy) that exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -93,28 +139,51 @@ def run(args) -> int:
 def _run(args) -> int:
     from flowrl.envs import collect as C
 
-    command = "flowrl collect " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["collect"] \
-        else None
+    command = (
+        "flowrl collect " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["collect"] else None
+    )
     progress = not args.no_progress
     if args.from_policy is not None:
         if args.level is None:
             raise UsageError("--from-policy needs --level (medium or expert)")
-        info = C.collect_from_policy(args.env, args.from_policy, args.level, args.transitions, seed=args.seed,
-                                     deterministic=args.deterministic, num_envs=args.num_envs,
-                                     overwrite=args.overwrite, dataset=args.dataset_id, ref_episodes=args.ref_episodes,
-                                     progress=progress, command=command)
+        info = C.collect_from_policy(
+            args.env,
+            args.from_policy,
+            args.level,
+            args.transitions,
+            seed=args.seed,
+            deterministic=args.deterministic,
+            num_envs=args.num_envs,
+            overwrite=args.overwrite,
+            dataset=args.dataset_id,
+            ref_episodes=args.ref_episodes,
+            progress=progress,
+            command=command,
+        )
         _print_table({args.level: info})
         return 0
     if args.level is not None or args.dataset_id is not None or args.deterministic:
         raise UsageError("--level, --dataset-id and --deterministic go with --from-policy; use --levels otherwise")
-    cfg = C.CollectConfig(env=args.env, algo=args.algo, steps=args.steps, checkpoint_every=args.checkpoint_every,
-                          eval_episodes=args.eval_episodes, seed=args.seed, levels=args.levels,
-                          hidden=_hidden(args.hidden), batch_size=args.batch_size,
-                          learning_starts=args.learning_starts,
-                          transitions=args.transitions, medium_fraction=args.medium_fraction,
-                          medium_rule=args.medium_rule, expert_rule=args.expert_rule,
-                          ref_episodes=args.ref_episodes, num_envs=args.num_envs, run_dir=args.run_dir,
-                          overwrite=args.overwrite)
+    cfg = C.CollectConfig(
+        env=args.env,
+        algo=args.algo,
+        steps=args.steps,
+        checkpoint_every=args.checkpoint_every,
+        eval_episodes=args.eval_episodes,
+        seed=args.seed,
+        levels=args.levels,
+        hidden=_hidden(args.hidden),
+        batch_size=args.batch_size,
+        learning_starts=args.learning_starts,
+        transitions=args.transitions,
+        medium_fraction=args.medium_fraction,
+        medium_rule=args.medium_rule,
+        expert_rule=args.expert_rule,
+        ref_episodes=args.ref_episodes,
+        num_envs=args.num_envs,
+        run_dir=args.run_dir,
+        overwrite=args.overwrite,
+    )
     rows = C.collect(cfg, progress=progress, command=command, export_behavior=args.export_behavior)
     if rows:
         _print_table(rows)

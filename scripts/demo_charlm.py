@@ -163,7 +163,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=1024, help="generation timing: prompt length")
     p.add_argument("--new-tokens", type=int, default=128, help="generation timing: tokens generated")
     p.add_argument(
-        "--decode-lengths", type=int, nargs="+", metavar="L",
+        "--decode-lengths",
+        type=int,
+        nargs="+",
+        metavar="L",
         help="instead of training: time prefill and per-token decoding (--new-tokens steps) after prompts of "
         "these lengths, untrained weights (e.g. 256 1024 4096 16384)",
     )
@@ -182,8 +185,12 @@ def main(argv=None) -> list[dict]:
         rows = [row for a in attentions for row in decode_cost(a, args)]
         print_table(
             rows,
-            [("attention", "attention", "s"), ("context", "prompt length", "d"), ("prefill_s", "prefill [s]", ".2f"),
-             ("decode_ms", f"decode with state [ms/token, {args.new_tokens} tokens]", ".1f")],
+            [
+                ("attention", "attention", "s"),
+                ("context", "prompt length", "d"),
+                ("prefill_s", "prefill [s]", ".2f"),
+                ("decode_ms", f"decode with state [ms/token, {args.new_tokens} tokens]", ".1f"),
+            ],
         )
         return rows
     data = encode(docstring_corpus())

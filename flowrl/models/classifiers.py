@@ -66,8 +66,7 @@ def _check_common(cfg: Any, owner: str) -> None:
     """Checks of the fields that several wrapper configs share (positions, max_len, pooling, head_hidden)."""
     if hasattr(cfg, "num_classes"):
         _check(cfg.num_classes >= 2, owner, "num_classes", f"must be >= 2, got {cfg.num_classes}")
-    _check(cfg.positions in POSITIONS, owner, "positions",
-           f"must be one of {POSITIONS}, got {cfg.positions!r}")
+    _check(cfg.positions in POSITIONS, owner, "positions", f"must be one of {POSITIONS}, got {cfg.positions!r}")
     if hasattr(cfg, "max_len"):
         _check(cfg.max_len >= 1, owner, "max_len", f"must be >= 1, got {cfg.max_len}")
     if hasattr(cfg, "pooling"):
@@ -106,7 +105,9 @@ class SequenceClassifierConfig(JsonConfig):
         _check_common(self, owner)
         if self.pad_id is not None:
             _check(
-                0 <= self.pad_id < self.vocab_size, owner, "pad_id",
+                0 <= self.pad_id < self.vocab_size,
+                owner,
+                "pad_id",
                 f"={self.pad_id} must be a token id in [0, vocab_size={self.vocab_size})",
             )
 
@@ -138,7 +139,9 @@ class TimeSeriesClassifierConfig(JsonConfig):
         self.trunk = _trunk_config(self.trunk, owner, causal=False)
         _check(self.in_channels >= 1, owner, "in_channels", f"must be >= 1, got {self.in_channels}")
         _check(
-            self.embed_kernel >= 1 and self.embed_kernel % 2 == 1, owner, "embed_kernel",
+            self.embed_kernel >= 1 and self.embed_kernel % 2 == 1,
+            owner,
+            "embed_kernel",
             f"must be an odd width >= 1, got {self.embed_kernel}",
         )
         _check_common(self, owner)
@@ -172,15 +175,18 @@ class ImageClassifierConfig(JsonConfig):
         if isinstance(size, int):
             size = (size, size)
         _check(
-            isinstance(size, (tuple, list)) and len(size) == 2
-            and all(isinstance(s, int) and s >= 1 for s in size),
-            owner, "image_size", f"must be a positive int or (height, width), got {self.image_size!r}",
+            isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s >= 1 for s in size),
+            owner,
+            "image_size",
+            f"must be a positive int or (height, width), got {self.image_size!r}",
         )
         self.image_size = (int(size[0]), int(size[1]))
         _check(self.patch_size >= 1, owner, "patch_size", f"must be >= 1, got {self.patch_size}")
         h, w = self.image_size
         _check(
-            h % self.patch_size == 0 and w % self.patch_size == 0, owner, "image_size",
+            h % self.patch_size == 0 and w % self.patch_size == 0,
+            owner,
+            "image_size",
             f"{h}x{w} is not divisible by patch_size={self.patch_size}",
         )
         _check(self.in_channels >= 1, owner, "in_channels", f"must be >= 1, got {self.in_channels}")
@@ -207,8 +213,7 @@ def check_token_ids(ids: Tensor, vocab_size: int, owner: str) -> None:
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
             raise ValueError(
-                f"{owner}: token id {bad} is outside the vocabulary [0, {vocab_size - 1}] "
-                f"(vocab_size={vocab_size})"
+                f"{owner}: token id {bad} is outside the vocabulary [0, {vocab_size - 1}] (vocab_size={vocab_size})"
             )
 
 
@@ -325,9 +330,7 @@ class SequenceClassifier(nn.Module):
         if ids2 is None:
             return self.head(u)
         if ids2.dim() != 2 or ids2.shape[0] != ids.shape[0]:
-            raise ValueError(
-                f"SequenceClassifier: ids2 has shape {tuple(ids2.shape)}, expected [{ids.shape[0]}, L2]"
-            )
+            raise ValueError(f"SequenceClassifier: ids2 has shape {tuple(ids2.shape)}, expected [{ids.shape[0]}, L2]")
         v = self.encode(ids2, padding_mask2)
         return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
 
@@ -350,15 +353,11 @@ class TimeSeriesClassifier(nn.Module):
         self.encoder = _Encoder(c, c.max_len, "TimeSeriesClassifier")
         self.head = make_head(c.trunk.dim, c.head_hidden, c.num_classes)
 
-    def forward(
-        self, x: Tensor, *, lengths: Tensor | None = None, padding_mask: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, *, lengths: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
         """x [B, T, C] float; lengths [B] int or padding_mask [B, T] bool -> logits [B, num_classes]."""
         owner, C = "TimeSeriesClassifier", self.config.in_channels
         if x.dim() != 3 or not x.dtype.is_floating_point:
-            raise ValueError(
-                f"{owner}: x has shape {tuple(x.shape)} and dtype {x.dtype}, expected a float [B, T, {C}]"
-            )
+            raise ValueError(f"{owner}: x has shape {tuple(x.shape)} and dtype {x.dtype}, expected a float [B, T, {C}]")
         if x.shape[-1] != C:
             raise ValueError(f"{owner}: x has {x.shape[-1]} channels, expected in_channels={C} ([B, T, C])")
         B, T, _ = x.shape
@@ -416,4 +415,3 @@ class ImageClassifier(nn.Module):
             )
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, H/p · W/p, dim), raster order
         return self.head(self.encoder(tokens, None))
-

@@ -86,9 +86,7 @@ class FlowDecoder:
     def __init__(self, trunk: Flowformer, batch: int, *, native: bool | None = None):
         c = trunk.config
         if c.attention != "flow" or not c.causal:
-            raise ValueError(
-                f"FlowDecoder needs a causal flow trunk, got attention={c.attention!r}, causal={c.causal}"
-            )
+            raise ValueError(f"FlowDecoder needs a causal flow trunk, got attention={c.attention!r}, causal={c.causal}")
         if batch < 1:
             raise ValueError(f"FlowDecoder: batch must be >= 1, got {batch}")
         self.trunk, self.batch = trunk, batch
@@ -172,8 +170,20 @@ class FlowDecoder:
         tr = lambda w: w.t().contiguous()  # noqa: E731
         keep, eps = [], []
         for w in self.layers:
-            keep += [w.norm1[0], w.norm1[1], tr(w.w_qkv), w.b_qkv, tr(w.w_out), w.b_out,
-                     w.norm2[0], w.norm2[1], tr(w.w_fc), w.b_fc, tr(w.w_proj), w.b_proj]
+            keep += [
+                w.norm1[0],
+                w.norm1[1],
+                tr(w.w_qkv),
+                w.b_qkv,
+                tr(w.w_out),
+                w.b_out,
+                w.norm2[0],
+                w.norm2[1],
+                tr(w.w_fc),
+                w.b_fc,
+                tr(w.w_proj),
+                w.b_proj,
+            ]
             eps += [w.norm1[2], w.norm2[2]]
         keep = [None if x is None else x.contiguous() for x in keep]
         final = self.final_norm or (None, None, 0.0)
@@ -272,9 +282,24 @@ class FlowDecoder:
         if R == 0:
             return out
         code = self._kernel(
-            self._weight_ptrs, self._eps_array, *self._final, self.states.t.data_ptr(), self._state_ptrs,
-            None if rows is None else rows.data_ptr(), R, L, C, self.heads, self._hidden, len(self.layers),
-            self.eps, self.clamp, int(self.activation is F.gelu), int(last_only), x.data_ptr(), out.data_ptr(),
+            self._weight_ptrs,
+            self._eps_array,
+            *self._final,
+            self.states.t.data_ptr(),
+            self._state_ptrs,
+            None if rows is None else rows.data_ptr(),
+            R,
+            L,
+            C,
+            self.heads,
+            self._hidden,
+            len(self.layers),
+            self.eps,
+            self.clamp,
+            int(self.activation is F.gelu),
+            int(last_only),
+            x.data_ptr(),
+            out.data_ptr(),
             torch.get_num_threads() if R * L >= _PARALLEL_TOKENS else 1,
         )
         if code != 0:

@@ -49,9 +49,7 @@ class FlowState(NamedTuple):
     kv: Tensor  # [B, H, D, M] Σ k_j (C_j v_j)ᵀ
 
     @classmethod
-    def zeros(
-        cls, batch: int, heads: int, dim_qk: int, dim_v: int, *, dtype=torch.float32, device=None
-    ) -> FlowState:
+    def zeros(cls, batch: int, heads: int, dim_qk: int, dim_v: int, *, dtype=torch.float32, device=None) -> FlowState:
         """An empty state: equivalent to passing ``state=None``."""
         z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)  # noqa: E731
         return cls(
@@ -199,9 +197,7 @@ def _causal(q, k, v, eps, clamp, state: FlowState | None, return_state: bool, ch
 
     q_norm = q * (incoming / t)[..., None]  # q_t / ((q_t+ε)·(Kc_t+ε))
     v_comp = v * competition[..., None]
-    y, kv = causal_linear_attention(
-        q_norm, k, v_comp, state.kv.to(q.dtype) if state is not None else None, chunk=chunk
-    )
+    y, kv = causal_linear_attention(q_norm, k, v_comp, state.kv.to(q.dtype) if state is not None else None, chunk=chunk)
     y = y * allocation[..., None]
     new_state = None
     if return_state:
@@ -655,9 +651,7 @@ def _causal_dispatch(q, k, v, eps, clamp, state, return_state, chunk, work, lowp
         if state is not None and q.shape[2] <= SHORT_STEP:  # a few tokens (a DT rollout step): the same
             y, new_state = _short_step(q, k, v, eps, clamp, state, work)
             return y, (new_state if return_state else None)
-        y, new_state, _ = _fast_causal_forward(
-            q, k, v, eps, clamp, state, chunk, work, return_state, False, lowp
-        )
+        y, new_state, _ = _fast_causal_forward(q, k, v, eps, clamp, state, chunk, work, return_state, False, lowp)
         return y, new_state
     if not (return_state or state_grad):
         return _FastCausal.apply(q, k, v, eps, clamp, chunk, state, lowp), None

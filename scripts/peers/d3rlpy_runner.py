@@ -390,8 +390,12 @@ def _parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--dataset", required=True, help="D4RL-format .hdf5 file")
     sp.add_argument("--steps", type=int, required=True, help="update steps")
-    sp.add_argument("--warmup-steps", type=int, default=10000,
-                    help="linear learning-rate warmup (d3rlpy's D4RL recipe: 10000; shorten for short budgets)")
+    sp.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=10000,
+        help="linear learning-rate warmup (d3rlpy's D4RL recipe: 10000; shorten for short budgets)",
+    )
     sp.add_argument("--env", default="Hopper-v5", help="gymnasium id")
     sp.add_argument("--target-return", type=float, nargs="+", required=True)
     sp.add_argument("--episodes", type=int, default=10)

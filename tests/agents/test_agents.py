@@ -298,8 +298,17 @@ def test_evaluation_workers_give_the_same_returns(rollout):
     torch.manual_seed(0)
     agent = make_agent(DecisionTransformerConfig(context=4, dim=16, depth=2, heads=2, dropout=0.0), 11, 3)
     runs = [
-        evaluate(agent.make_policy(rollout=rollout), "hopper", episodes=3, num_envs=2, seed=5, target_returns=(100.0,),
-                 max_episode_steps=12, progress=False, workers=w)[0]
+        evaluate(
+            agent.make_policy(rollout=rollout),
+            "hopper",
+            episodes=3,
+            num_envs=2,
+            seed=5,
+            target_returns=(100.0,),
+            max_episode_steps=12,
+            progress=False,
+            workers=w,
+        )[0]
         for w in (1, 2)
     ]
     np.testing.assert_array_equal(runs[0].lengths, runs[1].lengths)
@@ -329,8 +338,9 @@ def test_training_evaluates_with_the_configured_rollout(tmp_path):
     tcfg = TrainConfig(steps=2, eval_episodes=2, num_envs=2, target_returns=(5.0,), eval_rollout="staggered")
     out = fit(agent, ds, tcfg, tmp_path / "run", progress=False)
     assert len(out["eval"][0]["returns"]) == 2
-    tcfg = TrainConfig(steps=0, eval_episodes=2, num_envs=2, target_returns=(5.0,), eval_rollout="staggered",
-                       eval_workers=2)
+    tcfg = TrainConfig(
+        steps=0, eval_episodes=2, num_envs=2, target_returns=(5.0,), eval_rollout="staggered", eval_workers=2
+    )
     forked = fit(agent, ds, tcfg, tmp_path / "run-workers", progress=False)
     assert forked["eval"][0]["returns"] == pytest.approx(out["eval"][0]["returns"], rel=1e-5)
     with pytest.raises(ValueError, match="eval_rollout must be window, staggered or episode"):

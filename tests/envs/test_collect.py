@@ -51,8 +51,16 @@ def hopper_run(tmp_path_factory):
         if entry["step"] == EVERY:
             raise Interrupted
 
-    cfg = C.CollectConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, transitions=400,
-                          num_envs=4, run_dir=str(run_dir), **TINY)
+    cfg = C.CollectConfig(
+        "hopper",
+        steps=STEPS,
+        checkpoint_every=EVERY,
+        eval_episodes=1,
+        transitions=400,
+        num_envs=4,
+        run_dir=str(run_dir),
+        **TINY,
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINARI_DATASETS_PATH", str(root))
         with pytest.raises(Interrupted):
@@ -77,16 +85,22 @@ def test_interrupted_run_resumes_and_finishes(hopper_run):
     # the episode cut by the interruption ends as a truncation at the last transition before the checkpoint
     assert buf["dones"][EVERY - 1] == 1 and buf["timeouts"][EVERY - 1] == 1
     # a finished run is not retrained
-    again = C.train_behavior(C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
-                             hopper_run["run_dir"], progress=False, on_checkpoint=lambda e: pytest.fail("retrained"))
+    again = C.train_behavior(
+        C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
+        hopper_run["run_dir"],
+        progress=False,
+        on_checkpoint=lambda e: pytest.fail("retrained"),
+    )
     assert again["checkpoints"] == state["checkpoints"]
 
 
 def test_export_medium_policy_from_run(hopper_run, tmp_path):
     out = tmp_path / "pol.pt"
     cfg = dataclasses.replace(hopper_run["cfg"], levels=())
-    assert C.collect(cfg, progress=False, export_behavior=out, export_seeds=(0, 1), export_transitions=300,
-                     command="test") == {}
+    assert (
+        C.collect(cfg, progress=False, export_behavior=out, export_seeds=(0, 1), export_transitions=300, command="test")
+        == {}
+    )
     meta = json.loads(out.with_suffix(".json").read_text())
     medium = C.select_medium(C.load_run(hopper_run["run_dir"])["checkpoints"], 1 / 3)
     assert meta["policy_step"] == medium["step"] and meta["eval_return"] == pytest.approx(medium["eval_return_mean"])
@@ -106,15 +120,20 @@ def test_run_directory_in_use_is_refused(hopper_run):
     with open(hopper_run["run_dir"] / "lock", "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         with pytest.raises(ValueError, match="in use by another process"):
-            C.train_behavior(C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
-                             hopper_run["run_dir"], progress=False)
+            C.train_behavior(
+                C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
+                hopper_run["run_dir"],
+                progress=False,
+            )
 
 
 def test_resume_refuses_other_settings(hopper_run):
     with pytest.raises(ValueError, match="different settings"):
-        C.train_behavior(C.TrainConfig("hopper", algo="td3", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1,
-                                       **TINY),
-                         hopper_run["run_dir"], progress=False)
+        C.train_behavior(
+            C.TrainConfig("hopper", algo="td3", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
+            hopper_run["run_dir"],
+            progress=False,
+        )
 
 
 def test_every_level_structure_and_metadata(hopper_run):
@@ -174,9 +193,13 @@ def test_random_level_is_reproducible(tmp_path, monkeypatch):
         cfg = C.CollectConfig("hopper", levels="random", transitions=300, num_envs=3, seed=3)
         C.collect(cfg, progress=False)
         ds = read_minari_dir(tmp_path / sub / "flowrl/hopper/random-v0")
-        digests.append(hashlib.sha256(b"".join(
-            getattr(ds, k).tobytes() for k in ("observations", "actions", "rewards", "terminals", "timeouts"))
-        ).hexdigest())
+        digests.append(
+            hashlib.sha256(
+                b"".join(
+                    getattr(ds, k).tobytes() for k in ("observations", "actions", "rewards", "terminals", "timeouts")
+                )
+            ).hexdigest()
+        )
         assert ds.metadata["policy"] == "uniform random" and "run_dir" not in ds.metadata
     assert digests[0] == digests[1]
 
@@ -194,16 +217,16 @@ def test_record_cuts_exactly_and_splits_episodes():
 
 
 def test_select_medium_rule():
-    ck = [{"step": s, "eval_return_mean": r} for s, r in [(1, 10.0), (2, 900.0), (3, 1200.0), (4, 700.0),
-                                                           (5, 3000.0)]]
+    ck = [{"step": s, "eval_return_mean": r} for s, r in [(1, 10.0), (2, 900.0), (3, 1200.0), (4, 700.0), (5, 3000.0)]]
     assert C.select_expert(ck)["step"] == 5 == C.select_expert(ck, "final")["step"]
     assert C.select_medium(ck, 1 / 3, rule="first")["step"] == 3  # first >= 1000
     assert C.select_medium(ck, 1 / 3)["step"] == 2  # 900 is closer to 1000 than 1200
     assert C.select_medium(ck, 0.25, rule="first")["step"] == 2
     assert C.select_medium(ck, 1.0, rule="first")["step"] == 5 == C.select_medium(ck, 1.0)["step"]
     # a run whose last checkpoint dips (as SAC's do): "final" would make a near-random policy medium
-    dip = [{"step": s, "eval_return_mean": r} for s, r in [(1, 300.0), (2, 2500.0), (3, 1100.0), (4, 3300.0),
-                                                            (5, 900.0)]]
+    dip = [
+        {"step": s, "eval_return_mean": r} for s, r in [(1, 300.0), (2, 2500.0), (3, 1100.0), (4, 3300.0), (5, 900.0)]
+    ]
     assert C.select_expert(dip)["step"] == 4 and C.select_expert(dip, "final")["step"] == 5
     assert C.select_medium(dip, 1 / 3)["step"] == 3
     assert C.select_medium(dip, 1 / 3, rule="first")["step"] == 2  # a lucky early evaluation
@@ -216,9 +239,18 @@ def test_select_medium_rule():
 
 def test_measured_reference_scores_for_env_without_d4rl_constants(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "m"))
-    cfg = C.CollectConfig("InvertedPendulum-v5", levels="random,expert", steps=150, checkpoint_every=150,
-                          eval_episodes=1, transitions=200, ref_episodes=4, num_envs=2, run_dir=str(tmp_path / "run"),
-                          **TINY)
+    cfg = C.CollectConfig(
+        "InvertedPendulum-v5",
+        levels="random,expert",
+        steps=150,
+        checkpoint_every=150,
+        eval_episodes=1,
+        transitions=200,
+        ref_episodes=4,
+        num_envs=2,
+        run_dir=str(tmp_path / "run"),
+        **TINY,
+    )
     out = C.collect(cfg, progress=False)
     m = read_minari_dir(out["expert"]["path"]).metadata
     assert m["ref_source"] == "measured over 4 episodes"
@@ -268,8 +300,7 @@ def test_shipped_policy_files():
     state = torch.load(path, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert (meta["obs_dim"], meta["act_dim"], meta["env"]) == (11, 3, "hopper")
-    for key in ("command", "training_steps", "policy_step", "eval_return", "mean_return_range",
-                "episode_return_range"):
+    for key in ("command", "training_steps", "policy_step", "eval_return", "mean_return_range", "episode_return_range"):
         assert key in meta, key
     pol = load_behavior(path)
     assert pol.act(np.zeros(11)).shape == (3,)
@@ -325,15 +356,18 @@ def existing(tmp_path, monkeypatch):
     return f, hashlib.sha256(f.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["nope"], "unknown environment 'nope'"),
-    (["Nope-v1"], "cannot make environment"),
-    (["hopper", "--levels", "random,best"], "unknown level 'best'"),
-    (["hopper", "--from-policy", "x.zip"], "needs --level"),
-    (["hopper", "--from-policy", "missing.pt", "--level", "medium"], "no policy file"),
-    (["hopper", "--from-policy", "missing.pt", "--level", "replay"], "unknown level 'replay'"),
-    (["hopper", "--level", "medium"], "go with --from-policy"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["nope"], "unknown environment 'nope'"),
+        (["Nope-v1"], "cannot make environment"),
+        (["hopper", "--levels", "random,best"], "unknown level 'best'"),
+        (["hopper", "--from-policy", "x.zip"], "needs --level"),
+        (["hopper", "--from-policy", "missing.pt", "--level", "medium"], "no policy file"),
+        (["hopper", "--from-policy", "missing.pt", "--level", "replay"], "unknown level 'replay'"),
+        (["hopper", "--level", "medium"], "go with --from-policy"),
+    ],
+)
 def test_bad_input_one_line_exit_2(capsys, argv, match):
     code, err = _cli(capsys, *argv)
     assert code == 2 and "\n" not in err and match in err, err
@@ -360,8 +394,9 @@ def test_policy_for_other_sizes_refused(capsys, tmp_path, monkeypatch):
 def test_from_policy_records_a_level(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "m"))
     path = save_behavior(BehaviorPolicy(11, 3, (16,)), tmp_path / "tiny.pt", {"eval_return": 1.0})
-    code, _ = _cli(capsys, "hopper", "--from-policy", str(path), "--level", "expert", "--transitions", "120",
-                   "--num-envs", "2")
+    code, _ = _cli(
+        capsys, "hopper", "--from-policy", str(path), "--level", "expert", "--transitions", "120", "--num-envs", "2"
+    )
     assert code == 0
     ds = read_minari_dir(tmp_path / "m/flowrl/hopper/expert-v0")
     _ends_ok(ds)
@@ -405,4 +440,3 @@ def test_cli_module_contract():
     S.add_parser(sub)
     args = p.parse_args(["collect", "hopper", "--medium-fraction", "1/4"])
     assert args.run is S.run and args.medium_fraction == 0.25 and args.steps == 300_000
-

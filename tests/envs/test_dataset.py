@@ -74,7 +74,11 @@ def test_constant_observation_std_is_floored():
 def test_next_observations_reconstructed_from_final(make_data):
     a = make_data(trailing=True)
     ds = TrajectoryDataset.from_arrays(
-        a["observations"], a["actions"], a["rewards"], a["terminals"], a["timeouts"],
+        a["observations"],
+        a["actions"],
+        a["rewards"],
+        a["terminals"],
+        a["timeouts"],
         next_observations=a["next_observations"],
     )
     assert ds.final_observations.shape == (ds.num_episodes, ds.obs_dim)
@@ -93,7 +97,11 @@ def test_numeric_flags_and_column_rewards():
 def test_summary_and_metadata(make_data):
     a = make_data(lengths=(4, 6))
     ds = TrajectoryDataset.from_arrays(
-        a["observations"], a["actions"], a["rewards"], a["terminals"], a["timeouts"],
+        a["observations"],
+        a["actions"],
+        a["rewards"],
+        a["terminals"],
+        a["timeouts"],
         {"env_id": "Hopper-v5", "source": "mem"},
     )
     s = ds.summary()

@@ -69,8 +69,9 @@ def test_evaluate_equals_single_env_loop(num_envs):
     want_r, want_l = single_env_loop(ScriptedPolicy(), episodes, seed)
     assert len(set(want_l.tolist())) > 1  # episodes end at different times (terminations and the limit)
     policy = ScriptedPolicy()
-    (res,) = evaluate(policy, "hopper", episodes=episodes, num_envs=num_envs, seed=seed,
-                      max_episode_steps=MAX_STEPS, progress=False)
+    (res,) = evaluate(
+        policy, "hopper", episodes=episodes, num_envs=num_envs, seed=seed, max_episode_steps=MAX_STEPS, progress=False
+    )
     np.testing.assert_array_equal(res.lengths, want_l)
     np.testing.assert_allclose(res.returns, want_r, rtol=0, atol=1e-9)
     assert res.returns.dtype == np.float64 and res.lengths.dtype == np.int64
@@ -85,8 +86,16 @@ def test_evaluate_equals_single_env_loop(num_envs):
 
 def test_target_returns_give_one_result_each():
     targets = (3600.0, 1800.0)
-    results = evaluate(ScriptedPolicy(), "Hopper-v5", episodes=3, num_envs=3, seed=0, target_returns=targets,
-                       max_episode_steps=MAX_STEPS, progress=False)
+    results = evaluate(
+        ScriptedPolicy(),
+        "Hopper-v5",
+        episodes=3,
+        num_envs=3,
+        seed=0,
+        target_returns=targets,
+        max_episode_steps=MAX_STEPS,
+        progress=False,
+    )
     assert [r.target_return for r in results] == list(targets)
     for r, t in zip(results, targets):
         want_r, want_l = single_env_loop(ScriptedPolicy(), 3, 0, target=t)
@@ -99,8 +108,16 @@ def test_target_returns_give_one_result_each():
 
 def test_async_vectorization_equals_single_env_loop():
     want_r, _ = single_env_loop(ScriptedPolicy(), 4, 3)
-    (res,) = evaluate(ScriptedPolicy(), "hopper", episodes=4, num_envs=2, seed=3, max_episode_steps=MAX_STEPS,
-                      progress=False, vectorization="async")
+    (res,) = evaluate(
+        ScriptedPolicy(),
+        "hopper",
+        episodes=4,
+        num_envs=2,
+        seed=3,
+        max_episode_steps=MAX_STEPS,
+        progress=False,
+        vectorization="async",
+    )
     np.testing.assert_allclose(res.returns, want_r, atol=1e-9)
 
 
@@ -108,8 +125,16 @@ def test_async_vectorization_equals_single_env_loop():
 def test_workers_equal_single_env_loop(workers):
     episodes, seed = 5, 11  # 5 episodes over 2 or 3 workers: uneven shares
     want_r, want_l = single_env_loop(ScriptedPolicy(), episodes, seed)
-    (res,) = evaluate(ScriptedPolicy(), "hopper", episodes=episodes, num_envs=4, seed=seed,
-                      max_episode_steps=MAX_STEPS, progress=False, workers=workers)
+    (res,) = evaluate(
+        ScriptedPolicy(),
+        "hopper",
+        episodes=episodes,
+        num_envs=4,
+        seed=seed,
+        max_episode_steps=MAX_STEPS,
+        progress=False,
+        workers=workers,
+    )
     np.testing.assert_array_equal(res.lengths, want_l)
     np.testing.assert_allclose(res.returns, want_r, rtol=0, atol=1e-9)
 
@@ -136,8 +161,15 @@ def test_no_reference_scores_and_ref_override():
     (r,) = evaluate(Zero(), "InvertedPendulum-v5", episodes=2, num_envs=2, max_episode_steps=10, progress=False)
     assert r.normalized is None and r.to_dict()["normalized_mean"] is None
     np.testing.assert_array_equal(r.lengths, [10, 10])
-    (r,) = evaluate(Zero(), "InvertedPendulum-v5", episodes=2, num_envs=2, max_episode_steps=10, progress=False,
-                    ref_scores=(0.0, 20.0))
+    (r,) = evaluate(
+        Zero(),
+        "InvertedPendulum-v5",
+        episodes=2,
+        num_envs=2,
+        max_episode_steps=10,
+        progress=False,
+        ref_scores=(0.0, 20.0),
+    )
     np.testing.assert_allclose(r.normalized, 50.0)
     assert isinstance(Zero(), Policy) and isinstance(ScriptedPolicy(), Policy)
     assert isinstance(r, EvalResult)
@@ -165,8 +197,16 @@ def test_check_compatible(make_data):
 
 def test_video_gif(tmp_path):
     path = tmp_path / "ep.gif"
-    (r,) = evaluate(ScriptedPolicy(), "hopper", episodes=2, num_envs=2, max_episode_steps=8, progress=False,
-                    video=path, video_size=(64, 48))
+    (r,) = evaluate(
+        ScriptedPolicy(),
+        "hopper",
+        episodes=2,
+        num_envs=2,
+        max_episode_steps=8,
+        progress=False,
+        video=path,
+        video_size=(64, 48),
+    )
     import imageio.v2 as imageio
 
     frames = imageio.mimread(path)

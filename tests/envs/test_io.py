@@ -28,8 +28,16 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _assert_same(a: TrajectoryDataset, b: TrajectoryDataset) -> None:
-    for name in (*KEYS, "episode_starts", "episode_lengths", "episode_returns", "returns_to_go",
-                 "state_mean", "state_std", "final_observations"):
+    for name in (
+        *KEYS,
+        "episode_starts",
+        "episode_lengths",
+        "episode_returns",
+        "returns_to_go",
+        "state_mean",
+        "state_std",
+        "final_observations",
+    ):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype, name
         np.testing.assert_array_equal(x, y, err_msg=name)
@@ -42,8 +50,13 @@ def test_three_formats_load_identically(tmp_path, make_data, trailing):
     h5 = write_d4rl_hdf5(tmp_path / "d.hdf5", a, metadata={"env_id": "Hopper-v5", **REF})
     npz = write_npz(tmp_path / "d.npz", a, metadata={"env_id": "Hopper-v5", **REF})
     mdir = write_minari_dataset("test/hopper/tiny-v0", **a, env_id=None, metadata={"level": "tiny", **REF})
-    loaded = {"hdf5": load_dataset(str(h5)), "npz": load_dataset(npz), "minari": load_dataset(str(mdir)),
-              "minari-id": load_dataset("test/hopper/tiny-v0"), "minari-id-noversion": load_dataset("test/hopper/tiny")}
+    loaded = {
+        "hdf5": load_dataset(str(h5)),
+        "npz": load_dataset(npz),
+        "minari": load_dataset(str(mdir)),
+        "minari-id": load_dataset("test/hopper/tiny-v0"),
+        "minari-id-noversion": load_dataset("test/hopper/tiny"),
+    }
     for fmt, ds in loaded.items():
         _assert_same(ref, ds)
         assert ds.metadata["ref_min_score"] == REF["ref_min_score"], fmt
@@ -227,8 +240,11 @@ def test_missing_keys_named(tmp_path, make_data, suffix):
 @pytest.mark.parametrize("suffix", [".hdf5", ".npz"])
 @pytest.mark.parametrize(
     "problem, message",
-    [("short-actions", r"mismatched lengths.*actions=19"), ("inf", r"observations.*inf"),
-     ("nan-next", r"next_observations.*NaN")],
+    [
+        ("short-actions", r"mismatched lengths.*actions=19"),
+        ("inf", r"observations.*inf"),
+        ("nan-next", r"next_observations.*NaN"),
+    ],
 )
 def test_bad_values_in_files_named(tmp_path, make_data, suffix, problem, message):
     a = make_data()
@@ -305,8 +321,7 @@ def test_minari_write_racing_another_writer(make_data, monkeypatch):
         out = real(*args, **kwargs)
         monkeypatch.setattr(minari, "create_dataset_from_buffers", real)
         # the competitor finishes first, into the real root
-        write_minari_dataset("test/x/race-v0", **other, env_id=None, metadata={"who": "other"},
-                             root=root)
+        write_minari_dataset("test/x/race-v0", **other, env_id=None, metadata={"who": "other"}, root=root)
         return out
 
     monkeypatch.setattr(minari, "create_dataset_from_buffers", racing)

@@ -27,8 +27,12 @@ def reference_window(ds, e, si, K, scale, normalize):
         rtg[t] = acc
     L = min(K, n - si)
     out = {
-        "states": np.zeros((K, ds.obs_dim)), "actions": np.zeros((K, ds.act_dim)), "rewards": np.zeros((K, 1)),
-        "returns_to_go": np.zeros((K, 1)), "timesteps": np.zeros(K, np.int64), "mask": np.zeros(K),
+        "states": np.zeros((K, ds.obs_dim)),
+        "actions": np.zeros((K, ds.act_dim)),
+        "rewards": np.zeros((K, 1)),
+        "returns_to_go": np.zeros((K, 1)),
+        "timesteps": np.zeros(K, np.int64),
+        "mask": np.zeros(K),
     }
     s = obs[si : si + L]
     out["states"][:L] = (s - ds.state_mean) / ds.state_std if normalize else s

@@ -23,8 +23,13 @@ def test_normalized_score_matches_d4rl_formula(env):
 
 @pytest.mark.parametrize(
     "name, gym_id",
-    [("hopper", "Hopper-v5"), ("Hopper-v4", "Hopper-v4"), ("mujoco/walker2d/expert-v0", "Walker2d-v5"),
-     ("flowrl/halfcheetah/medium-v0", "HalfCheetah-v5"), ("hopper-medium", "Hopper-v5")],
+    [
+        ("hopper", "Hopper-v5"),
+        ("Hopper-v4", "Hopper-v4"),
+        ("mujoco/walker2d/expert-v0", "Walker2d-v5"),
+        ("flowrl/halfcheetah/medium-v0", "HalfCheetah-v5"),
+        ("hopper-medium", "Hopper-v5"),
+    ],
 )
 def test_names_resolve(name, gym_id):
     assert get_spec(name).gym_id == gym_id

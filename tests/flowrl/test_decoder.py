@@ -17,6 +17,7 @@ def native(request):
         pytest.skip(f"native kernel {native_lib.status()}")
     return request.param
 
+
 GRID = [  # heads, activation, final_norm, chunk lengths fed one after another
     (1, "gelu", True, (1, 1, 1, 1)),
     (2, "relu", True, (3, 3, 3)),
@@ -28,8 +29,15 @@ GRID = [  # heads, activation, final_norm, chunk lengths fed one after another
 def _trunk(heads=2, activation="gelu", final_norm=True, dtype=torch.float64, **kw) -> Flowformer:
     torch.manual_seed(0)
     cfg = FlowformerConfig(
-        dim=16, depth=3, heads=heads, causal=True, dropout=0.0, activation=activation, final_norm=final_norm,
-        clamp=2.0, **kw
+        dim=16,
+        depth=3,
+        heads=heads,
+        causal=True,
+        dropout=0.0,
+        activation=activation,
+        final_norm=final_norm,
+        clamp=2.0,
+        **kw,
     )
     return Flowformer(cfg).to(dtype).eval()
 
