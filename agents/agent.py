@@ -27,6 +27,8 @@ from flowrl.agents.config import CONFIGS, AgentConfig, BCConfig, DecisionTransfo
 from flowrl.agents.models import BCNetwork, DecisionTransformer
 from torch import Tensor, nn
 
+from flowrl.errors import InputError, MissingInputError
+
 __all__ = ["Agent", "DTAgent", "BCAgent", "make_agent", "load_agent", "MODEL_FILE", "AGENT_FILE"]
 
 MODEL_FILE = "model.pt"
@@ -65,7 +67,7 @@ class Agent:
     def dataset_targets(self) -> tuple[float, ...]:
         """Fallback DT targets for envs without published ones: the dataset's best and mean episode return."""
         if "dataset_return_max" not in self.info:
-            raise ValueError("no target returns known: pass target returns explicitly")
+            raise InputError("no target returns known: pass target returns explicitly")
         return (self.info["dataset_return_max"], self.info["dataset_return_mean"])
 
     def reference_scores(self) -> tuple[float, float] | None:
@@ -75,7 +77,7 @@ class Agent:
 
     def check_dataset(self, dataset) -> None:
         if dataset.obs_dim != self.obs_dim or dataset.act_dim != self.act_dim:
-            raise ValueError(
+            raise InputError(
                 f"dataset has observation/action sizes {dataset.obs_dim}/{dataset.act_dim} but the agent was built "
                 f"for {self.obs_dim}/{self.act_dim}; train a new agent for this dataset"
             )
@@ -248,7 +250,7 @@ class BCAgent(Agent):
         from flowrl.agents.policy import BCPolicy
 
         if rollout != "window" or restart_every is not None:
-            raise ValueError(f"rollout={rollout!r} / restart_every are for Decision Transformers, not BC")
+            raise InputError(f"rollout={rollout!r} / restart_every are for Decision Transformers, not BC")
         return BCPolicy(self)
 
     @torch.no_grad()
@@ -284,7 +286,7 @@ def _resolve_checkpoint(path: Path) -> Path:
         name = latest.read_text().strip()
         if (path / "checkpoints" / name / AGENT_FILE).exists():
             return path / "checkpoints" / name
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{path} is not a flowrl checkpoint: expected {AGENT_FILE} and {MODEL_FILE} in it, "
         "or a run folder with checkpoints/latest"
     )
@@ -294,25 +296,25 @@ def load_agent(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     """Load an agent saved by :meth:`Agent.save` or by the trainer (a checkpoint or a run folder)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingInputError(f"checkpoint {path} does not exist")
     folder = _resolve_checkpoint(path)
     try:
         meta = json.loads((folder / AGENT_FILE).read_text())
         algo = meta["algo"]
         if algo not in AGENTS:
-            raise ValueError(f"unknown algo {algo!r}")
+            raise InputError(f"unknown algo {algo!r}")
         config = CONFIGS[algo].from_dict(meta["config"])
         agent = AGENTS[algo](
             config, int(meta["obs_dim"]), int(meta["act_dim"]), env_name=meta.get("env_name"), info=meta.get("info")
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint {folder / AGENT_FILE} is invalid: {e}") from None
+        raise InputError(f"checkpoint {folder / AGENT_FILE} is invalid: {e}") from None
     try:
         state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {folder} has no {MODEL_FILE}") from None
+        raise MissingInputError(f"checkpoint {folder} has no {MODEL_FILE}") from None
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError on truncated or foreign files
-        raise ValueError(
+        raise InputError(
             f"checkpoint {folder / MODEL_FILE} is corrupt or truncated ({type(e).__name__}: {e})"
         ) from None
     own = agent.model.state_dict()
@@ -328,7 +330,7 @@ def load_agent(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
             + [f"missing {missing[:3]}"] * bool(missing)
             + [f"unexpected {unexpected[:3]}"] * bool(unexpected)
         )
-        raise ValueError(
+        raise InputError(
             f"checkpoint {folder / MODEL_FILE} does not match its agent.json (another model size?): {detail}"
         )
     agent.model.load_state_dict(state)

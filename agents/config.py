@@ -8,9 +8,11 @@ evaluation) is configured separately by :class:`flowrl.agents.trainer.TrainConfi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from flowrl.errors import InputError
 from flowrl.models.config import JsonConfig
 
 __all__ = ["DecisionTransformerConfig", "BCConfig", "AgentConfig", "PRESETS", "preset", "config_from_dict"]
@@ -18,7 +20,7 @@ __all__ = ["DecisionTransformerConfig", "BCConfig", "AgentConfig", "PRESETS", "p
 
 def _require(cls_name: str, cond: bool, message: str) -> None:
     if not cond:
-        raise ValueError(f"{cls_name}: {message}")
+        raise InputError(f"{cls_name}: {message}")
 
 
 @dataclass
@@ -36,10 +38,12 @@ class _OptimFields:
 
     def _check_optim(self) -> None:
         name = type(self).__name__
-        _require(name, self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _require(name, self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(name, 0 < self.lr < math.inf, f"lr must be > 0 and finite, got {self.lr}")
+        _require(
+            name, 0 <= self.weight_decay < math.inf, f"weight_decay must be >= 0 and finite, got {self.weight_decay}"
+        )
         _require(name, self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        _require(name, self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        _require(name, 0 <= self.grad_clip < math.inf, f"grad_clip must be finite and >= 0, got {self.grad_clip}")
         _require(name, self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
 
 
@@ -88,10 +92,12 @@ class DecisionTransformerConfig(_OptimFields, JsonConfig):
         _require(name, self.attention in ("flow", "softmax"), f"unknown attention {self.attention!r}; use flow|softmax")
         _require(name, 0 < self.clamp <= 50, f"clamp must be in (0, 50], got {self.clamp}")
         _require(name, self.activation in ("relu", "gelu"), f"unknown activation {self.activation!r}; use relu|gelu")
-        _require(name, self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        _require(name, 0 < self.mlp_ratio < math.inf, f"mlp_ratio must be finite and > 0, got {self.mlp_ratio}")
         _require(name, 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         _require(name, self.max_timestep >= 1, f"max_timestep must be >= 1, got {self.max_timestep}")
-        _require(name, self.reward_scale > 0, f"reward_scale must be > 0, got {self.reward_scale}")
+        _require(
+            name, 0 < self.reward_scale < math.inf, f"reward_scale must be finite and > 0, got {self.reward_scale}"
+        )
 
     def trunk_config(self):
         from flowrl.models import FlowformerConfig
@@ -154,13 +160,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> DecisionTransformerConfig:
     """A DecisionTransformerConfig from a named preset ("dt", "flowformer", "corl") plus overrides."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return DecisionTransformerConfig(**{**PRESETS[name], **overrides})
 
 
 def config_from_dict(algo: str, data: dict[str, Any]) -> AgentConfig:
     if algo not in CONFIGS:
-        raise ValueError(f"unknown algo {algo!r}; choose one of {sorted(CONFIGS)}")
+        raise InputError(f"unknown algo {algo!r}; choose one of {sorted(CONFIGS)}")
     return CONFIGS[algo].from_dict(data)
 
 

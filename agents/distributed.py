@@ -67,6 +67,8 @@ from flowrl.agents.agent import Agent
 from flowrl.agents.trainer import TrainConfig, Trainer
 from torch.nn.parallel import DistributedDataParallel
 
+from flowrl.errors import InputError
+
 __all__ = [
     "DistributedEnv",
     "DistributedTrainer",
@@ -119,11 +121,11 @@ def distributed_env(environ: dict[str, str] | None = None) -> DistributedEnv | N
         # Without LOCAL_WORLD_SIZE (a hand-made launch) nothing is known about neighbours: share nothing.
         local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
     except ValueError:
-        raise ValueError(
+        raise InputError(
             "RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers (launch with torchrun)"
         ) from None
     if not (world >= 1 and 0 <= rank < world and 0 <= local_rank < max(local_world, 1) and local_rank <= rank):
-        raise ValueError(
+        raise InputError(
             f"inconsistent torchrun variables: RANK={rank} WORLD_SIZE={world} "
             f"LOCAL_RANK={local_rank} LOCAL_WORLD_SIZE={local_world}"
         )
@@ -140,17 +142,17 @@ def rank_device(name: str, local_rank: int) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name not in ("auto", "cuda"):
-        raise ValueError(
+        raise InputError(
             f"device {name!r} cannot be used with torchrun: each rank takes cuda:LOCAL_RANK; pass --device cuda "
             "(or auto, or cpu) and choose GPUs with CUDA_VISIBLE_DEVICES"
         )
     if not torch.cuda.is_available():
         if name == "cuda":
-            raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+            raise InputError("device 'cuda' requested but CUDA is not available; use --device cpu")
         return torch.device("cpu")
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise ValueError(
+        raise InputError(
             f"LOCAL_RANK {local_rank} needs GPU {local_rank} but only {count} are visible; "
             f"use --nproc_per_node {count} or fewer"
         )
@@ -214,11 +216,11 @@ def per_rank_batch(batch_size: int, world_size: int, *, global_batch: bool = Fal
     ``global_batch=True``: ``batch_size`` is the global batch, split evenly over the ranks.
     """
     if batch_size < 1 or world_size < 1:
-        raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size} and {world_size}")
+        raise InputError(f"batch_size and world_size must be >= 1, got {batch_size} and {world_size}")
     if not global_batch:
         return batch_size
     if batch_size % world_size:
-        raise ValueError(
+        raise InputError(
             f"global batch {batch_size} does not split evenly over {world_size} processes; "
             f"use a multiple of {world_size} (e.g. {batch_size - batch_size % world_size or world_size})"
         )

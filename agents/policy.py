@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from flowrl.agents.models import STATE_TOKEN, TOKENS_PER_STEP
 
+from flowrl.errors import InputError
 from flowrl.models import FlowDecoder
 from flowrl.ops import native
 
@@ -54,15 +55,15 @@ class DTPolicy:
     def __init__(self, agent, *, rollout: str = "window", restart_every: int | None = None):
         cfg = agent.config
         if rollout not in ROLLOUTS:
-            raise ValueError(f"unknown rollout {rollout!r}; choose one of {', '.join(ROLLOUTS)}")
+            raise InputError(f"unknown rollout {rollout!r}; choose one of {', '.join(ROLLOUTS)}")
         if rollout != "window" and cfg.attention != "flow":
-            raise ValueError(f"rollout={rollout!r} needs attention='flow' (softmax windows are recomputed)")
+            raise InputError(f"rollout={rollout!r} needs attention='flow' (softmax windows are recomputed)")
         K = cfg.context
         if restart_every is not None and rollout != "staggered":
-            raise ValueError("restart_every is for rollout='staggered'")
+            raise InputError("restart_every is for rollout='staggered'")
         s = -(-K // 2) if restart_every is None else int(restart_every)
         if not 1 <= s <= K:
-            raise ValueError(f"restart_every must be in [1, context={K}], got {restart_every}")
+            raise InputError(f"restart_every must be in [1, context={K}], got {restart_every}")
         self.agent, self.model, self.rollout = agent, agent.model, rollout
         self.K = K
         self.recurrent = cfg.attention == "flow"  # window mode: recurrent while the episode fits in K
@@ -76,7 +77,7 @@ class DTPolicy:
     def reset(self, env_mask: np.ndarray, target_return: float | None = None) -> None:
         env_mask = np.asarray(env_mask, dtype=bool)
         if target_return is None:
-            raise ValueError("a Decision Transformer needs a target return (e.g. the env's default targets)")
+            raise InputError("a Decision Transformer needs a target return (e.g. the env's default targets)")
         if env_mask.ndim != 1:
             raise ValueError(f"env_mask must be a 1-d bool array, got shape {env_mask.shape}")
         if env_mask.shape[0] != self.n and not env_mask.all():

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from flowrl.agents.agent import Agent, replace_dir
 
+from flowrl.errors import InputError, MissingInputError
 from flowrl.models.config import JsonConfig, atomic_write_text
 
 __all__ = ["TrainConfig", "Trainer", "fit", "pick_device"]
@@ -96,7 +97,7 @@ class TrainConfig(JsonConfig):
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"TrainConfig: {msg}")
+                raise InputError(f"TrainConfig: {msg}")
         self.target_returns = tuple(float(x) for x in self.target_returns)
         pick_device(self.device)  # validates the string
 
@@ -111,9 +112,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise InputError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return dev
 
 
@@ -176,7 +177,7 @@ class Trainer:
         self._writer = None
         agent.make_policy(rollout=config.eval_rollout)  # fail now, not after training (e.g. staggered + softmax)
         if config.eval_workers > 1 and agent.device.type != "cpu":
-            raise ValueError(f"eval_workers > 1 forks CPU processes; the agent is on {agent.device} (use 1)")
+            raise InputError(f"eval_workers > 1 forks CPU processes; the agent is on {agent.device} (use 1)")
 
     # ------------------------------------------------------------------ one update
     def update(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,15 +386,15 @@ class Trainer:
         root = self.checkpoint_dir()
         latest = root / "latest"
         if not latest.exists():
-            raise FileNotFoundError(f"nothing to resume in {self.run_dir}: no checkpoints/latest")
+            raise MissingInputError(f"nothing to resume in {self.run_dir}: no checkpoints/latest")
         folder = root / latest.read_text().strip()
         try:
             weights = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
             state = torch.load(folder / TRAINER_FILE, map_location="cpu", weights_only=True)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
+            raise MissingInputError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
         except Exception as e:
-            raise ValueError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
+            raise InputError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
         return weights, state
 
     def load_state(self, weights: dict[str, Any], state: dict[str, Any]) -> None:
@@ -401,7 +402,7 @@ class Trainer:
         try:
             self.agent.model.load_state_dict(weights)
         except RuntimeError as e:
-            raise ValueError(
+            raise InputError(
                 f"the checkpoint in {self.run_dir} was written for another model size: {str(e).splitlines()[0]}"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])

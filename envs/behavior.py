@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowrl.errors import InputError, MissingInputError
+
 __all__ = [
     "BehaviorPolicy",
     "load_behavior",
@@ -61,7 +63,7 @@ class BehaviorPolicy(nn.Module):
     ) -> None:
         super().__init__()
         if kind not in ("sac", "td3"):
-            raise ValueError(f"unknown behaviour-policy kind {kind!r}; expected 'sac' or 'td3'")
+            raise InputError(f"unknown behaviour-policy kind {kind!r}; expected 'sac' or 'td3'")
         self.obs_dim, self.act_dim, self.hidden = obs_dim, act_dim, tuple(hidden)
         self.kind, self.noise_std = kind, noise_std
         layers: list[nn.Module] = []
@@ -103,7 +105,7 @@ class BehaviorPolicy(nn.Module):
         x = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
         single = x.ndim == 1
         if x.shape[-1] != self.obs_dim:
-            raise ValueError(f"observation has {x.shape[-1]} features; this policy expects {self.obs_dim}")
+            raise InputError(f"observation has {x.shape[-1]} features; this policy expects {self.obs_dim}")
         a = self.forward(x[None] if single else x, deterministic, generator).numpy()
         return a[0] if single else a
 
@@ -143,15 +145,15 @@ def load_behavior(path: str | os.PathLike) -> BehaviorPolicy:
     """Load a compact policy (``.pt`` + ``.json``), or convert an SB3 SAC/TD3 ``.zip`` (needs SB3)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no policy file at {path}")
+        raise MissingInputError(f"no policy file at {path}")
     if path.suffix == ".zip":
         return from_sb3(path)
     meta_path = _sidecar(path)
     if not meta_path.is_file():
-        raise FileNotFoundError(f"policy {path} has no metadata file {meta_path.name}")
+        raise MissingInputError(f"policy {path} has no metadata file {meta_path.name}")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} is not a flowrl behaviour policy (format {meta.get('format')!r})")
+        raise InputError(f"{meta_path} is not a flowrl behaviour policy (format {meta.get('format')!r})")
     policy = BehaviorPolicy(
         meta["obs_dim"],
         meta["act_dim"],
@@ -177,12 +179,12 @@ def from_sb3(model) -> BehaviorPolicy:
     sd = actor.state_dict()
     if "latent_pi.0.weight" in sd:  # SAC: latent_pi (Linear, ReLU)*, mu, log_std
         if getattr(actor, "use_sde", False):
-            raise ValueError("SAC with gSDE is not supported; train with use_sde=False")
+            raise InputError("SAC with gSDE is not supported; train with use_sde=False")
         prefix, kind = "latent_pi.", "sac"
     elif "mu.0.weight" in sd:  # TD3: mu = (Linear, ReLU)*, Linear, Tanh
         prefix, kind = "mu.", "td3"
     else:
-        raise ValueError("unsupported SB3 actor: expected a SAC or TD3 MlpPolicy")
+        raise InputError("unsupported SB3 actor: expected a SAC or TD3 MlpPolicy")
     linear_ids = sorted({int(k.split(".")[1]) for k in sd if k.startswith(prefix) and k.endswith(".weight")})
     if kind == "td3":
         linear_ids, head = linear_ids[:-1], linear_ids[-1]
@@ -225,14 +227,14 @@ def _load_sb3_zip(path: Path):
             names = z.namelist()
             data = json.loads(z.read("data")) if "data" in names else {}
     except zipfile.BadZipFile as e:
-        raise ValueError(f"{path} is not an SB3 model zip ({e})") from None
+        raise InputError(f"{path} is not an SB3 model zip ({e})") from None
     module = str(data.get("policy_class", {}).get("__module__", ""))
     if module.startswith("stable_baselines3.sac"):
         algo = SAC
     elif module.startswith("stable_baselines3.td3"):
         algo = TD3
     else:
-        raise ValueError(f"{path} is not an SB3 SAC or TD3 model (policy module {module or 'unknown'!r})")
+        raise InputError(f"{path} is not an SB3 SAC or TD3 model (policy module {module or 'unknown'!r})")
     return algo.load(str(path), device="cpu")
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from flowrl.errors import InputError, MissingInputError, OutputExistsError
+
 __all__ = [
     "ALGORITHMS",
     "LEVELS",
@@ -134,12 +136,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.algo = self.algo.lower()
         if self.algo not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
+            raise InputError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
         self.hidden = None if self.hidden is None else tuple(int(h) for h in self.hidden)
         if self.steps <= 0 or self.checkpoint_every <= 0 or self.eval_episodes <= 0 or self.batch_size <= 0:
-            raise ValueError("steps, checkpoint_every, eval_episodes and batch_size must be positive")
+            raise InputError("steps, checkpoint_every, eval_episodes and batch_size must be positive")
         if (self.hidden is not None and (not self.hidden or min(self.hidden) <= 0)) or self.learning_starts < 0:
-            raise ValueError("hidden sizes must be positive and learning_starts non-negative")
+            raise InputError("hidden sizes must be positive and learning_starts non-negative")
 
 
 def _make_env(gym_id: str, max_episode_steps: int, *, seed: int | None = None):
@@ -148,7 +150,7 @@ def _make_env(gym_id: str, max_episode_steps: int, *, seed: int | None = None):
     try:
         env = gym.make(gym_id, max_episode_steps=max_episode_steps)
     except gym.error.Error as e:  # unregistered id, missing dependency, ...
-        raise ValueError(f"cannot make environment {gym_id!r}: {e}") from None
+        raise InputError(f"cannot make environment {gym_id!r}: {e}") from None
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -216,7 +218,7 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     """The committed state of a run directory (``run.json``); FileNotFoundError if there is none."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no behaviour-policy run at {run_dir} (missing {RUN_FILE})")
+        raise MissingInputError(f"no behaviour-policy run at {run_dir} (missing {RUN_FILE})")
     return json.loads(path.read_text())
 
 
@@ -261,7 +263,7 @@ def _run_lock(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise ValueError(
+            raise InputError(
                 f"run directory {run_dir} is in use by another process "
                 f"(pid {f.read().strip() or 'unknown'}); wait for it or use another --run-dir"
             ) from None
@@ -294,7 +296,7 @@ def _train(cfg: TrainConfig, spec, run_dir: Path, progress: bool, on_checkpoint,
         clash = {k: (state.get(k, v if k in _OPTIONAL_IDENTITY else None), v) for k, v in identity.items()}
         clash = {k: ab for k, ab in clash.items() if ab[0] != ab[1]}
         if clash:
-            raise ValueError(
+            raise InputError(
                 f"run directory {run_dir} was made with different settings: "
                 + ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in clash.items())
             )
@@ -407,7 +409,7 @@ def _flat_dims(spec) -> tuple[int, int, np.ndarray, np.ndarray]:
         from gymnasium.spaces import Box
 
         if not isinstance(env.observation_space, Box) or not isinstance(env.action_space, Box):
-            raise ValueError(f"{spec.gym_id}: only continuous (Box) observation and action spaces are supported")
+            raise InputError(f"{spec.gym_id}: only continuous (Box) observation and action spaces are supported")
         obs_dim = int(np.prod(env.observation_space.shape))
         act_dim = int(np.prod(env.action_space.shape))
         return obs_dim, act_dim, np.asarray(env.action_space.low), np.asarray(env.action_space.high)
@@ -455,7 +457,7 @@ def _record(spec, transitions, policy, *, deterministic, seed, num_envs, progres
     import torch
 
     if transitions <= 0:
-        raise ValueError(f"transitions must be positive, got {transitions}")
+        raise InputError(f"transitions must be positive, got {transitions}")
     num_envs = max(1, min(num_envs, transitions))
     budget = [transitions // num_envs + (i < transitions % num_envs) for i in range(num_envs)]
     venv = gym.vector.SyncVectorEnv(
@@ -466,7 +468,7 @@ def _record(spec, transitions, policy, *, deterministic, seed, num_envs, progres
     gen = torch.Generator().manual_seed(seed)
     low, high = venv.single_action_space.low, venv.single_action_space.high
     if policy is None and not (np.isfinite(low).all() and np.isfinite(high).all()):
-        raise ValueError(f"{spec.gym_id} has an unbounded action space; uniform random actions are undefined")
+        raise InputError(f"{spec.gym_id} has an unbounded action space; uniform random actions are undefined")
     keys = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
     per_env: list[dict[str, list]] = [{k: [] for k in keys} for _ in range(num_envs)]
     count = [0] * num_envs
@@ -641,9 +643,9 @@ def select_expert(checkpoints: list[dict], rule: str = "best") -> dict:
     Hopper run in the README scored 3236 at 210k steps and 980 at the end, 260k).
     """
     if not checkpoints:
-        raise ValueError("the run has no checkpoints to choose a policy from")
+        raise InputError("the run has no checkpoints to choose a policy from")
     if rule not in EXPERT_RULES:
-        raise ValueError(f"unknown expert rule {rule!r}; choose one of {', '.join(EXPERT_RULES)}")
+        raise InputError(f"unknown expert rule {rule!r}; choose one of {', '.join(EXPERT_RULES)}")
     if rule == "final":
         return checkpoints[-1]
     return max(checkpoints, key=lambda c: c["eval_return_mean"])  # max keeps the first of equal ones
@@ -661,9 +663,9 @@ def select_medium(
     with negative returns.
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"medium fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"medium fraction must be in (0, 1], got {fraction}")
     if rule not in MEDIUM_RULES:
-        raise ValueError(f"unknown medium rule {rule!r}; choose one of {', '.join(MEDIUM_RULES)}")
+        raise InputError(f"unknown medium rule {rule!r}; choose one of {', '.join(MEDIUM_RULES)}")
     expert = select_expert(checkpoints) if expert is None else expert
     cands = [c for c in checkpoints if c["step"] <= expert["step"]]
     rets = np.asarray([c["eval_return_mean"] for c in cands], dtype=np.float64)
@@ -759,7 +761,7 @@ def parse_levels(levels) -> tuple[str, ...]:
         return ()
     bad = [x for x in items if x not in LEVELS]
     if bad or not items:
-        raise ValueError(f"unknown level {', '.join(map(repr, bad)) or '(none)'}; choose from {', '.join(LEVELS)}")
+        raise InputError(f"unknown level {', '.join(map(repr, bad)) or '(none)'}; choose from {', '.join(LEVELS)}")
     return tuple(x for x in LEVELS if x in items)
 
 
@@ -790,11 +792,11 @@ class CollectConfig(TrainConfig):
         super().__post_init__()
         self.levels = parse_levels(self.levels)
         if self.transitions <= 0 or self.ref_episodes <= 0 or self.num_envs <= 0:
-            raise ValueError("transitions, ref_episodes and num_envs must be positive")
+            raise InputError("transitions, ref_episodes and num_envs must be positive")
         if not 0.0 < self.medium_fraction <= 1.0:
-            raise ValueError(f"medium fraction must be in (0, 1], got {self.medium_fraction}")
+            raise InputError(f"medium fraction must be in (0, 1], got {self.medium_fraction}")
         if self.medium_rule not in MEDIUM_RULES or self.expert_rule not in EXPERT_RULES:
-            raise ValueError(f"medium rule must be one of {MEDIUM_RULES} and expert rule one of {EXPERT_RULES}")
+            raise InputError(f"medium rule must be one of {MEDIUM_RULES} and expert rule one of {EXPERT_RULES}")
 
 
 def default_run_dir(env: str, algo: str, seed: int) -> Path:
@@ -856,7 +858,7 @@ def collect(
     if not cfg.overwrite:
         taken = [i for i in ids.values() if (root / i).exists()]
         if taken:
-            raise FileExistsError(f"dataset {taken[0]!r} already exists in {root} (pass --overwrite to replace it)")
+            raise OutputExistsError(f"dataset {taken[0]!r} already exists in {root} (pass --overwrite to replace it)")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(spec.name, cfg.algo, cfg.seed)
     n_ckpt = -(-cfg.steps // cfg.checkpoint_every)
     sizes = {
@@ -869,7 +871,7 @@ def collect(
     check_free_space(root, sum(estimate_bytes(sizes[lv], obs_dim, act_dim) for lv in cfg.levels), "the datasets")
     needs_policy = any(lv != "random" for lv in cfg.levels) or not spec.has_reference or export_behavior is not None
     if export_behavior is not None and Path(export_behavior).with_suffix(".pt").exists() and not cfg.overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{Path(export_behavior).with_suffix('.pt')} already exists (pass --overwrite to replace it)"
         )
     if needs_policy and not (run_dir / RUN_FILE).is_file():
@@ -1039,21 +1041,21 @@ def collect_from_policy(
     spec = get_spec(env)
     if level not in POLICY_LEVELS:
         if level in LEVELS:
-            raise ValueError(
+            raise InputError(
                 f"level {level!r} cannot be recorded from one policy; --from-policy records "
                 f"{' or '.join(POLICY_LEVELS)}"
             )
-        raise ValueError(f"unknown level {level!r}; --from-policy records {' or '.join(POLICY_LEVELS)}")
+        raise InputError(f"unknown level {level!r}; --from-policy records {' or '.join(POLICY_LEVELS)}")
     if transitions <= 0:
-        raise ValueError(f"transitions must be positive, got {transitions}")
+        raise InputError(f"transitions must be positive, got {transitions}")
     ds_id = dataset or dataset_id(env, level)
     root = minari_root()
     if (root / ds_id).exists() and not overwrite:
-        raise FileExistsError(f"dataset {ds_id!r} already exists in {root} (pass --overwrite to replace it)")
+        raise OutputExistsError(f"dataset {ds_id!r} already exists in {root} (pass --overwrite to replace it)")
     obs_dim, act_dim, _, _ = _flat_dims(spec)
     policy = load_behavior(policy_path)
     if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
-        raise ValueError(
+        raise InputError(
             f"policy {policy_path} is for observations of size {policy.obs_dim} and actions of size "
             f"{policy.act_dim}; {spec.gym_id} has {obs_dim} and {act_dim}"
         )
@@ -1112,7 +1114,7 @@ def ensure_default_dataset(
 
     key = name[len("flowrl/") :].replace("/", "-").removesuffix("-v0") if name.startswith("flowrl/") else name
     if key not in DEFAULT_DATASETS:
-        raise ValueError(f"no built-in default dataset {name!r}; built-in: {', '.join(DEFAULT_DATASETS)}")
+        raise InputError(f"no built-in default dataset {name!r}; built-in: {', '.join(DEFAULT_DATASETS)}")
     env, level, policy_name = DEFAULT_DATASETS[key]
     ds_id = dataset_id(env, level)
     if resolve_minari_id(ds_id) is not None:
@@ -1173,7 +1175,7 @@ def export_behavior_policy(
     policy = from_sb3(source)
     obs_dim, act_dim, _, _ = _flat_dims(spec)
     if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):
-        raise ValueError(
+        raise InputError(
             f"policy is for sizes {policy.obs_dim}/{policy.act_dim}; {spec.gym_id} has {obs_dim}/{act_dim}"
         )
     means, lows, highs, walls, all_returns = [], [], [], [], []

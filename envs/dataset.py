@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from flowrl.errors import InputError
+
 __all__ = ["TrajectoryDataset", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -115,9 +117,9 @@ class TrajectoryDataset:
         }
         if len(set(lengths.values())) != 1:
             detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
-            raise ValueError(f"mismatched lengths{where}: {detail} (all must have the same first dimension)")
+            raise InputError(f"mismatched lengths{where}: {detail} (all must have the same first dimension)")
         if n == 0:
-            raise ValueError(f"empty dataset{where}: 0 transitions")
+            raise InputError(f"empty dataset{where}: 0 transitions")
         for name, arr in (("observations", obs), ("actions", act), ("rewards", rew)):
             _check_finite(arr, name, where)
 
@@ -146,7 +148,7 @@ class TrajectoryDataset:
         if final_observations is not None:
             final = _as_2d(final_observations, "final_observations", where)
             if final.shape != (starts.size, obs.shape[1]):
-                raise ValueError(
+                raise InputError(
                     f"final_observations{where} has shape {final.shape}, expected "
                     f"({starts.size}, {obs.shape[1]}) (one per episode)"
                 )
@@ -154,7 +156,7 @@ class TrajectoryDataset:
         elif next_observations is not None:
             nxt = _as_2d(next_observations, "next_observations", where)
             if nxt.shape != obs.shape:
-                raise ValueError(f"next_observations{where} has shape {nxt.shape}, expected {obs.shape}")
+                raise InputError(f"next_observations{where} has shape {nxt.shape}, expected {obs.shape}")
             final = np.ascontiguousarray(nxt[ends])
             _check_finite(final, "next_observations", where)
         else:
@@ -278,7 +280,7 @@ def _as_2d(x: Any, name: str, where: str) -> np.ndarray:
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
-        raise ValueError(f"{name}{where} must be [N, dim], got shape {arr.shape}")
+        raise InputError(f"{name}{where} must be [N, dim], got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
@@ -287,19 +289,19 @@ def _as_1d(x: Any, name: str, where: str, dtype: type) -> np.ndarray:
     if arr.ndim == 2 and arr.shape[1] == 1:  # some D4RL files store rewards as [N, 1]
         arr = arr[:, 0]
     if arr.ndim != 1:
-        raise ValueError(f"{name}{where} must be [N], got shape {arr.shape}")
+        raise InputError(f"{name}{where} must be [N], got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
 def _as_flags(x: Any, name: str, where: str) -> np.ndarray:
     if x is None:
-        raise ValueError(f"missing array {name!r}{where}")
+        raise InputError(f"missing array {name!r}{where}")
     arr = np.asarray(x)
     if arr.ndim == 0:
-        raise ValueError(f"{name}{where} must be [N], got a scalar")
+        raise InputError(f"{name}{where} must be [N], got a scalar")
     if arr.dtype != np.bool_:
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == object):
-            raise ValueError(f"{name}{where} must be bool or 0/1, got dtype {arr.dtype}")
+            raise InputError(f"{name}{where} must be bool or 0/1, got dtype {arr.dtype}")
         arr = _as_array(arr, name, where, np.float64)
         _check_finite(arr, name, where)
         arr = arr != 0
@@ -308,11 +310,11 @@ def _as_flags(x: Any, name: str, where: str) -> np.ndarray:
 
 def _as_array(x: Any, name: str, where: str, dtype: type) -> np.ndarray:
     if x is None:
-        raise ValueError(f"missing array {name!r}{where}")
+        raise InputError(f"missing array {name!r}{where}")
     try:
         return np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}{where} cannot be converted to {np.dtype(dtype).name}: {e}") from None
+        raise InputError(f"{name}{where} cannot be converted to {np.dtype(dtype).name}: {e}") from None
 
 
 def _check_finite(arr: np.ndarray, name: str, where: str) -> None:
@@ -323,7 +325,7 @@ def _check_finite(arr: np.ndarray, name: str, where: str) -> None:
         rows = bad.reshape(bad.shape[0], -1).any(axis=1) if bad.ndim else bad.reshape(1)
         row = int(np.flatnonzero(rows)[0])
         kind = "NaN" if np.isnan(arr.reshape(rows.shape[0], -1)[row]).any() else "inf"
-        raise ValueError(f"{name}{where} contains {kind} values ({int(bad.sum())} entries; first at row {row})")
+        raise InputError(f"{name}{where} contains {kind} values ({int(bad.sum())} entries; first at row {row})")
 
 
 def _mean_std(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from flowrl.errors import InputError, MissingInputError
+
 from .specs import EnvSpec, get_spec, normalized_score
 
 if TYPE_CHECKING:
@@ -157,7 +159,7 @@ def check_compatible(dataset: TrajectoryDataset, env: Any) -> None:
     if dataset.act_dim != act_size:
         problems.append(f"actions have size {dataset.act_dim} but {env_id} expects {act_size}")
     if problems:
-        raise ValueError(f"{source} does not fit {env_id}: " + "; ".join(problems))
+        raise InputError(f"{source} does not fit {env_id}: " + "; ".join(problems))
 
 
 def evaluate(
@@ -206,9 +208,9 @@ def evaluate(
 
     spec = env if isinstance(env, EnvSpec) else get_spec(env)
     if episodes < 1 or num_envs < 1:
-        raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+        raise InputError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
     if vectorization not in ("sync", "async"):
-        raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
+        raise InputError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     targets = list(target_returns) or [None]
     video_path = _check_video(video, vectorization)
     workers = _check_workers(workers, episodes, vectorization, video_path)
@@ -366,19 +368,19 @@ class _Runner:
 
 def _check_workers(workers: int, episodes: int, vectorization: str, video_path: Path | None) -> int:
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     workers = min(workers, episodes)
     if workers == 1:
         return 1
     if video_path is not None:
-        raise ValueError("video recording needs workers=1")
+        raise InputError("video recording needs workers=1")
     if vectorization != "sync":
-        raise ValueError("workers > 1 steps 'sync' environments in each worker; vectorization='async' needs workers=1")
+        raise InputError("workers > 1 steps 'sync' environments in each worker; vectorization='async' needs workers=1")
     if "fork" not in multiprocessing.get_all_start_methods():
-        raise ValueError("workers > 1 needs the 'fork' start method (Linux, macOS); use workers=1 here")
+        raise InputError("workers > 1 needs the 'fork' start method (Linux, macOS); use workers=1 here")
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        raise ValueError("workers > 1 forks the policy, and CUDA cannot be used after a fork; use workers=1")
+        raise InputError("workers > 1 forks the policy, and CUDA cannot be used after a fork; use workers=1")
     return workers
 
 
@@ -494,16 +496,16 @@ def _check_video(video: str | os.PathLike | None, vectorization: str) -> Path | 
     path = Path(video)
     suffix = path.suffix.lower()
     if suffix not in (".gif", ".mp4"):
-        raise ValueError(f"video must end in .gif or .mp4, got {path}")
+        raise InputError(f"video must end in .gif or .mp4, got {path}")
     if vectorization != "sync":
-        raise ValueError("video recording needs vectorization='sync'")
+        raise InputError("video recording needs vectorization='sync'")
     if suffix == ".mp4":
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
-            raise ValueError(f"writing {path} needs imageio-ffmpeg (pip install imageio-ffmpeg); or use .gif") from None
+            raise InputError(f"writing {path} needs imageio-ffmpeg (pip install imageio-ffmpeg); or use .gif") from None
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} for the video does not exist")
+        raise MissingInputError(f"folder {path.parent} for the video does not exist")
     return path
 
 

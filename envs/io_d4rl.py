@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from flowrl.errors import InputError, MissingInputError, OutputExistsError
+
 from .dataset import REQUIRED_KEYS, TrajectoryDataset
 
 __all__ = [
@@ -63,12 +65,12 @@ def read_d4rl_hdf5(path: str | os.PathLike, metadata: Mapping[str, Any] | None =
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5 file ({_short(e)})") from None
+        raise InputError(f"{path}: not a readable HDF5 file ({_short(e)})") from None
     try:
         with f:
             missing = [k for k in REQUIRED_KEYS if k not in f or not isinstance(f[k], h5py.Dataset)]
             if missing:
-                raise ValueError(
+                raise InputError(
                     f"{path}: missing required key(s) {', '.join(map(repr, missing))} "
                     f"(found: {', '.join(sorted(f.keys())) or 'nothing'}); a D4RL file needs "
                     f"{', '.join(REQUIRED_KEYS)}"
@@ -82,7 +84,7 @@ def read_d4rl_hdf5(path: str | os.PathLike, metadata: Mapping[str, Any] | None =
                 ds.final_observations = _final_from_next(nxt, ds, path)
     except (OSError, KeyError, RuntimeError) as e:
         # h5py raises these for truncated files and damaged chunks, often only when data is read.
-        raise ValueError(f"{path}: corrupt HDF5 file ({_short(e)})") from None
+        raise InputError(f"{path}: corrupt HDF5 file ({_short(e)})") from None
     return ds
 
 
@@ -96,35 +98,50 @@ def read_npz(path: str | os.PathLike, metadata: Mapping[str, Any] | None = None)
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in REQUIRED_KEYS if k not in z.files]
             if missing:
-                raise ValueError(
+                raise InputError(
                     f"{path}: missing required key(s) {', '.join(map(repr, missing))} "
                     f"(found: {', '.join(sorted(z.files)) or 'nothing'}); a D4RL npz needs {', '.join(REQUIRED_KEYS)}"
                 )
-            arrays = {k: z[k] for k in REQUIRED_KEYS}
-            nxt = z["next_observations"] if "next_observations" in z.files else None
-            attrs = json.loads(str(z["metadata_json"])) if "metadata_json" in z.files else {}
+            arrays = {k: _npz_member(z, k, path) for k in REQUIRED_KEYS}
+            nxt = _npz_member(z, "next_observations", path) if "next_observations" in z.files else None
+            attrs = json.loads(str(_npz_member(z, "metadata_json", path))) if "metadata_json" in z.files else {}
     except (OSError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({_short(e)})") from None
+        raise InputError(f"{path}: not a readable .npz file ({_short(e)})") from None
+    except InputError:
+        raise
+    except ValueError as e:  # numpy: a pickled (non-array) file, a damaged header
+        raise InputError(f"{path}: not a readable .npz file ({_short(e)})") from None
     meta = {**attrs, **dict(metadata or {}), "source": str(path), "format": "npz"}
     try:
         ds = TrajectoryDataset.from_arrays(**arrays, metadata=meta, next_observations=nxt)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
     return ds
+
+
+def _npz_member(z, key: str, path: Path) -> np.ndarray:
+    try:
+        return z[key]
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # an object array: loading it would unpickle, which can run code
+            raise InputError(
+                f"{path}: array {key!r} holds Python objects (a pickle), which flowrl never loads; save numeric arrays"
+            ) from None
+        raise InputError(f"{path}: array {key!r} is unreadable ({_short(e)})") from None
 
 
 def _build(arrays: dict, meta: dict, final: np.ndarray | None, path: Path) -> TrajectoryDataset:
     try:
         return TrajectoryDataset.from_arrays(**arrays, metadata=meta, final_observations=final)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
 
 
 def _final_from_next(dset: Any, ds: TrajectoryDataset, path: Path) -> np.ndarray:
     """Rows of ``next_observations`` at episode ends [E, obs_dim], read block by block so the whole
     array is never held in memory."""
     if dset.shape != ds.observations.shape and dset.shape != (ds.num_transitions,):
-        raise ValueError(f"{path}: next_observations has shape {dset.shape}, observations has {ds.observations.shape}")
+        raise InputError(f"{path}: next_observations has shape {dset.shape}, observations has {ds.observations.shape}")
     ends = ds.episode_starts + ds.episode_lengths - 1
     parts = []
     for lo in range(0, ds.num_transitions, _BLOCK_ROWS):
@@ -134,7 +151,7 @@ def _final_from_next(dset: Any, ds: TrajectoryDataset, path: Path) -> np.ndarray
             parts.append(block.reshape(block.shape[0], -1)[sel - lo])
     final = np.ascontiguousarray(np.concatenate(parts))
     if not np.isfinite(final).all():
-        raise ValueError(f"{path}: next_observations contains NaN or inf values")
+        raise InputError(f"{path}: next_observations contains NaN or inf values")
     return final
 
 
@@ -188,7 +205,7 @@ def write_npz(
     ``metadata_json`` string) atomically. Arguments as :func:`write_d4rl_hdf5`."""
     path = Path(path)
     if path.suffix != ".npz":
-        raise ValueError(f"{path}: an npz dataset file must end in .npz")
+        raise InputError(f"{path}: an npz dataset file must end in .npz")
     ds = _as_dataset(data)
     attrs = _file_attrs(ds, metadata)
     arrays = ds.arrays()
@@ -206,7 +223,7 @@ def _as_dataset(data: DatasetOrArrays) -> TrajectoryDataset:
         raise TypeError(f"expected a TrajectoryDataset or a mapping of D4RL arrays, got {type(data).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise ValueError(f"missing required key(s) {', '.join(map(repr, missing))}")
+        raise InputError(f"missing required key(s) {', '.join(map(repr, missing))}")
     return TrajectoryDataset.from_arrays(
         *(data[k] for k in REQUIRED_KEYS),
         metadata=data.get("metadata"),
@@ -229,9 +246,9 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+        raise OutputExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist")
+        raise MissingInputError(f"folder {path.parent} does not exist")
 
 
 @contextlib.contextmanager
@@ -265,7 +282,7 @@ def d4rl_filename(name: str) -> str:
     """The file name D4RL downloads and caches a dataset under: ``hopper_medium_replay-v2.hdf5``."""
     parsed = parse_d4rl_name(name)
     if parsed is None:
-        raise ValueError(f"{name!r} is not a D4RL dataset name such as 'hopper-medium-v2'")
+        raise InputError(f"{name!r} is not a D4RL dataset name such as 'hopper-medium-v2'")
     env, level, version = parsed
     stem = f"{env}_{level.replace('-', '_')}"
     return f"{stem}.hdf5" if version == 0 else f"{stem}-v{version}.hdf5"
@@ -291,7 +308,7 @@ def d4rl_url(name: str, base_url: str | None = None) -> str:
     version = parse_d4rl_name(name)[2]  # type: ignore[index]
     folder = _D4RL_FOLDERS.get(version)
     if folder is None:
-        raise ValueError(f"no known D4RL download location for version v{version} of {name!r}; pass base_url")
+        raise InputError(f"no known D4RL download location for version v{version} of {name!r}; pass base_url")
     return f"{D4RL_DEFAULT_BASE_URL}/{folder}/{filename}"
 
 
@@ -318,16 +335,16 @@ def download_d4rl(
                         out.write(chunk)
                         bar.update(len(chunk))
         except urllib.error.HTTPError as e:
-            raise ValueError(f"download of {name!r} from {url} failed: HTTP {e.code} {e.reason}") from None
+            raise InputError(f"download of {name!r} from {url} failed: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise ValueError(
+            raise InputError(
                 f"download of {name!r} from {url} failed ({_short(e)}); set FLOWRL_D4RL_BASE_URL or "
                 f"pass base_url to use a mirror, or place {dest.name} in {cache}"
             ) from None
         try:
             read_d4rl_hdf5(tmp)
         except ValueError as e:
-            raise ValueError(f"the file downloaded from {url} is not a valid D4RL dataset: {e}") from None
+            raise InputError(f"the file downloaded from {url} is not a valid D4RL dataset: {e}") from None
     return dest
 
 

@@ -20,6 +20,8 @@ import os
 import re
 from pathlib import Path
 
+from flowrl.errors import InputError, MissingInputError
+
 from .dataset import TrajectoryDataset
 from .io_d4rl import (
     _HDF5_SUFFIXES,
@@ -55,7 +57,7 @@ def load_dataset(spec: str | os.PathLike, *, download: bool = False, base_url: s
     """
     text = os.fspath(spec)
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"dataset must be a non-empty path or name, got {spec!r}")
+        raise InputError(f"dataset must be a non-empty path or name, got {spec!r}")
     text = text.strip()
     path = Path(text).expanduser()
 
@@ -63,7 +65,7 @@ def load_dataset(spec: str | os.PathLike, *, download: bool = False, base_url: s
     if path.exists():
         return _load_path(path)
     if path.suffix.lower() in (*_HDF5_SUFFIXES, ".npz"):
-        raise FileNotFoundError(f"dataset file {path} does not exist")
+        raise MissingInputError(f"dataset file {path} does not exist")
 
     # 2. a D4RL name
     d4rl = parse_d4rl_name(text) if "/" not in text else None
@@ -77,7 +79,7 @@ def load_dataset(spec: str | os.PathLike, *, download: bool = False, base_url: s
             return read_minari_dir(collected, {"dataset_id": f"{FLOWRL_NAMESPACE}/{env}/{level}-v{version}"})
         if download:
             return read_d4rl_hdf5(download_d4rl(text, base_url=base_url), {"dataset_name": text})
-        raise ValueError(
+        raise InputError(
             f"D4RL dataset {text!r} is not in the D4RL cache {d4rl_cache_dir()} (pass download=True / "
             f"--download to fetch it, or set D4RL_DATASET_DIR). {_candidates_text()}"
         )
@@ -89,7 +91,7 @@ def load_dataset(spec: str | os.PathLike, *, download: bool = False, base_url: s
             return read_minari_dir(local, {"dataset_id": local.relative_to(minari_root()).as_posix()})
         if download:
             return _download_minari(text)
-        raise ValueError(
+        raise InputError(
             f"Minari dataset {text!r} is not in the local Minari root {minari_root()} (pass download=True "
             f"to fetch it). {_candidates_text()}"
         )
@@ -101,24 +103,24 @@ def load_dataset(spec: str | os.PathLike, *, download: bool = False, base_url: s
         local = resolve_minari_id(dataset_id)
         if local is not None:
             return read_minari_dir(local, {"dataset_id": local.relative_to(minari_root()).as_posix()})
-        raise ValueError(
+        raise InputError(
             f"no local dataset {text!r} (looked for Minari id {dataset_id}-v* in {minari_root()}; "
             f"make it with `flowrl collect`). {_candidates_text()}"
         )
-    raise ValueError(f"unknown dataset {text!r}: not a path, D4RL name, Minari id or flowrl name. {_candidates_text()}")
+    raise InputError(f"unknown dataset {text!r}: not a path, D4RL name, Minari id or flowrl name. {_candidates_text()}")
 
 
 def _load_path(path: Path) -> TrajectoryDataset:
     if path.is_dir():
         if is_minari_dir(path):
             return read_minari_dir(path)
-        raise ValueError(f"{path}: a directory but not a Minari dataset (no data/metadata.json inside)")
+        raise InputError(f"{path}: a directory but not a Minari dataset (no data/metadata.json inside)")
     suffix = path.suffix.lower()
     if suffix in _HDF5_SUFFIXES:
         return read_d4rl_hdf5(path)
     if suffix == ".npz":
         return read_npz(path)
-    raise ValueError(f"{path}: unsupported dataset file type {suffix or '(no suffix)'!r}; use .hdf5, .h5 or .npz")
+    raise InputError(f"{path}: unsupported dataset file type {suffix or '(no suffix)'!r}; use .hdf5, .h5 or .npz")
 
 
 def _download_minari(dataset_id: str) -> TrajectoryDataset:
@@ -128,10 +130,10 @@ def _download_minari(dataset_id: str) -> TrajectoryDataset:
         minari.download_dataset(dataset_id)
     except Exception as e:  # network and hub errors come in many types; report them as bad input
         msg = " ".join(str(e).split())[:300]
-        raise ValueError(f"download of Minari dataset {dataset_id!r} failed: {msg}") from None
+        raise InputError(f"download of Minari dataset {dataset_id!r} failed: {msg}") from None
     local = resolve_minari_id(dataset_id)
     if local is None:
-        raise ValueError(f"Minari reported downloading {dataset_id!r} but it is not under {minari_root()}")
+        raise InputError(f"Minari reported downloading {dataset_id!r} but it is not under {minari_root()}")
     return read_minari_dir(local, {"dataset_id": local.relative_to(minari_root()).as_posix()})
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from flowrl.errors import InputError, OutputExistsError
+
 from .dataset import TrajectoryDataset
 
 __all__ = [
@@ -90,25 +92,25 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
     path = Path(path)
     data_dir = minari_data_dir(path)
     if data_dir is None:
-        raise ValueError(f"{path}: not a Minari dataset directory (no data/metadata.json)")
+        raise InputError(f"{path}: not a Minari dataset directory (no data/metadata.json)")
     meta_file = data_dir / "metadata.json"
     try:
         raw = json.loads(meta_file.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{meta_file}: unreadable Minari metadata ({e})") from None
+        raise InputError(f"{meta_file}: unreadable Minari metadata ({e})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{meta_file}: Minari metadata must be a JSON object")
+        raise InputError(f"{meta_file}: Minari metadata must be a JSON object")
     fmt = raw.get("data_format", "hdf5")
     episodes = _read_hdf5_episodes(data_dir) if fmt == "hdf5" else _read_other_episodes(data_dir, fmt)
     if not episodes:
-        raise ValueError(f"{data_dir}: empty dataset: the Minari dataset has no episodes")
+        raise InputError(f"{data_dir}: empty dataset: the Minari dataset has no episodes")
 
     obs_parts, final, act, rew, term, trunc = [], [], [], [], [], []
     for i, ep in enumerate(episodes):
         t = len(ep["rewards"])
         o = np.asarray(ep["observations"])
         if t == 0 or o.shape[0] != t + 1:
-            raise ValueError(
+            raise InputError(
                 f"{data_dir}: episode {i} has {o.shape[0]} observations for {t} steps (expected steps + 1)"
             )
         obs_parts.append(o[:-1].reshape(t, -1))
@@ -121,7 +123,7 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
             tr[-1] = True
         # a flag before the last step would split this episode in two when flattened
         if (te[:-1] | tr[:-1]).any():
-            raise ValueError(f"{data_dir}: episode {i} has a termination/truncation flag before its last step")
+            raise InputError(f"{data_dir}: episode {i} has a termination/truncation flag before its last step")
         term.append(te)
         trunc.append(tr)
 
@@ -145,7 +147,7 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
             final_observations=np.stack(final),
         )
     except ValueError as e:
-        raise ValueError(f"{data_dir}: {e}") from None
+        raise InputError(f"{data_dir}: {e}") from None
 
 
 _EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
@@ -158,14 +160,14 @@ def _read_hdf5_episodes(data_dir: Path) -> list[dict[str, np.ndarray]]:
     try:
         f = h5py.File(file, "r")
     except OSError as e:
-        raise ValueError(f"{file}: not a readable HDF5 file ({_short(e)})") from None
+        raise InputError(f"{file}: not a readable HDF5 file ({_short(e)})") from None
     episodes = []
     try:
         with f:
             names = sorted((k for k in f.keys() if k.startswith("episode_")), key=lambda k: int(k[8:]))
             episodes = [{key: _read_array(f, f"{name}/{key}", file) for key in _EPISODE_KEYS} for name in names]
     except (OSError, RuntimeError, TypeError) as e:
-        raise ValueError(f"{file}: corrupt Minari HDF5 data ({_short(e)})") from None
+        raise InputError(f"{file}: corrupt Minari HDF5 data ({_short(e)})") from None
     return episodes
 
 
@@ -178,10 +180,10 @@ def _read_array(f: Any, path: str, file: Path) -> np.ndarray:
         did = h5py.h5d.open(f.id, path.encode())
     except KeyError:
         if path in f:
-            raise ValueError(
+            raise InputError(
                 f"{file}: {path} is a group (dict/tuple space); only flat (Box) spaces are supported"
             ) from None
-        raise ValueError(f"{file}: {path} is missing") from None
+        raise InputError(f"{file}: {path} is missing") from None
     if did.dtype.kind not in "biuf":
         return f[path][()]
     arr = np.empty(did.shape, dtype=did.dtype)
@@ -197,9 +199,9 @@ def _read_other_episodes(data_dir: Path, fmt: str) -> list[dict[str, Any]]:
         storage = MinariStorage.read(data_dir)
         return list(storage.get_episodes(range(storage.total_episodes)))
     except ImportError as e:
-        raise ValueError(f"{data_dir}: reading Minari format {fmt!r} needs {e.name or 'an optional package'}") from None
+        raise InputError(f"{data_dir}: reading Minari format {fmt!r} needs {e.name or 'an optional package'}") from None
     except Exception as e:  # storage backends raise assorted errors on damaged files
-        raise ValueError(f"{data_dir}: unreadable Minari {fmt!r} data ({_short(e)})") from None
+        raise InputError(f"{data_dir}: unreadable Minari {fmt!r} data ({_short(e)})") from None
 
 
 def _env_id_from_spec(env_spec: Any) -> str | None:
@@ -300,16 +302,16 @@ def write_minari_dataset(
     from minari.data_collector import EpisodeBuffer
 
     if not re.fullmatch(r"[-\w]+(?:/[-\w]+)*-v\d+", dataset_id):
-        raise ValueError(f"malformed Minari dataset id {dataset_id!r}: expected 'namespace/env/name-vN'")
+        raise InputError(f"malformed Minari dataset id {dataset_id!r}: expected 'namespace/env/name-vN'")
     meta = dict(metadata or {})
     try:
         json.dumps(meta)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"metadata for {dataset_id!r} is not JSON-serializable: {e}") from None
+        raise InputError(f"metadata for {dataset_id!r} is not JSON-serializable: {e}") from None
     root_dir = Path(root).expanduser() if root is not None else minari_root()
     target = root_dir / dataset_id
     if target.exists() and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"Minari dataset {dataset_id!r} already exists at {target} (pass overwrite=True to replace it)"
         )
 

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from flowrl.errors import InputError
+
 from .dataset import TrajectoryDataset
 
 __all__ = ["ContextBatch", "ContextSampler", "TransitionBatch", "TransitionSampler"]
@@ -61,9 +63,9 @@ class ContextSampler:
         normalize_states: bool = True,
     ) -> None:
         if int(context) < 1:
-            raise ValueError(f"context must be >= 1, got {context}")
+            raise InputError(f"context must be >= 1, got {context}")
         if not np.isfinite(reward_scale):
-            raise ValueError(f"reward_scale must be finite, got {reward_scale}")
+            raise InputError(f"reward_scale must be finite, got {reward_scale}")
         self.dataset = dataset
         self.context = int(context)
         self.reward_scale = float(reward_scale)

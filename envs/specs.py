@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from flowrl.errors import InputError
+
 __all__ = ["EnvSpec", "SPECS", "get_spec", "normalized_score"]
 
 
@@ -55,7 +57,7 @@ def get_spec(name: str) -> EnvSpec:
     Unknown gymnasium-looking ids ("Foo-v1") get a generic spec without reference scores.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"env name must be a non-empty string, got {name!r}")
+        raise InputError(f"env name must be a non-empty string, got {name!r}")
     key = name.strip()
     if "/" in key:
         # Minari ids are "namespace/env/dataset-vN" ("mujoco/hopper/medium-v0", "flowrl/hopper/medium-v0"):
@@ -70,7 +72,7 @@ def get_spec(name: str) -> EnvSpec:
         return SPECS[base]
     if m:
         return EnvSpec(name=key, gym_id=key, max_episode_steps=_registry_max_episode_steps(key))
-    raise ValueError(
+    raise InputError(
         f"unknown environment {name!r}; known: {', '.join(sorted(SPECS))}, or a gymnasium id such as 'Hopper-v5'"
     )
 
@@ -95,8 +97,8 @@ def normalized_score(env: str | EnvSpec, returns, *, ref_min: float | None = Non
     lo = spec.ref_min_score if ref_min is None else ref_min
     hi = spec.ref_max_score if ref_max is None else ref_max
     if lo is None or hi is None:
-        raise ValueError(f"no reference scores for {spec.name!r}: pass ref_min and ref_max to normalize")
+        raise InputError(f"no reference scores for {spec.name!r}: pass ref_min and ref_max to normalize")
     if hi == lo:
-        raise ValueError(f"reference scores for {spec.name!r} are equal ({lo}); cannot normalize")
+        raise InputError(f"reference scores for {spec.name!r} are equal ({lo}); cannot normalize")
     out = 100.0 * (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
     return float(out) if out.ndim == 0 else out

@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from flowrl.errors import InputError
+
 HELP = "time and peak memory of flow attention vs SDPA softmax and the materialised reference form"
 
 METHODS = ("flow causal", "flow non-causal", "materialised", "sdpa causal")
@@ -95,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        raise ValueError("--repeats and --threads must be >= 1 and --warmup >= 0")
+        raise InputError("--repeats and --threads must be >= 1 and --warmup >= 0")
     machine = _machine(args.threads)
     load0 = os.getloadavg()
     print(

@@ -40,6 +40,8 @@ from flowrl.scripts.bench_train import (
     table,
 )
 
+from flowrl.errors import InputError
+
 HELP = "wall-clock of 10 Hopper episodes: flowrl vectorized evaluation vs d3rlpy's sequential evaluation"
 
 VARIANTS = ("flow", "flow-staggered", "flow-episode", "softmax", "d3rlpy")
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     target = args.target_return
     if target is None:
         if not spec.target_returns:
-            raise ValueError(f"{spec.gym_id} has no default target return; pass --target-return")
+            raise InputError(f"{spec.gym_id} has no default target return; pass --target-return")
         target = spec.target_returns[0]
     args.variants = require_peer(args.variants)
     if not args.variants:
@@ -225,7 +227,7 @@ def _make_policy(variant: str, spec, args):
     if args.flowrl_checkpoint:
         agent = load_agent(args.flowrl_checkpoint)
         if agent.config.attention != attention:
-            raise ValueError(
+            raise InputError(
                 f"--flowrl-checkpoint has {agent.config.attention} attention; variant {variant!r} "
                 f"needs {attention} (pick variants with --variants)"
             )

@@ -49,6 +49,8 @@ from flowrl.scripts.bench_train import (
     require_peer,
 )
 
+from flowrl.errors import InputError
+
 HELP = "D4RL-normalized scores: flow-DT, softmax-DT, BC and d3rlpy's DT on the shared datasets, same step budget"
 
 ALGOS = ("flow-dt", "flow-dt-staggered", "softmax-dt", "bc", "d3rlpy")
@@ -131,11 +133,11 @@ def run(args: argparse.Namespace) -> int:
         ds = load_dataset(path)
         spec = get_spec(ds.env_name or path)
         if not spec.target_returns or not spec.has_reference:
-            raise ValueError(f"{path}: {spec.gym_id} has no D4RL target returns or reference scores")
+            raise InputError(f"{path}: {spec.gym_id} has no D4RL target returns or reference scores")
         datasets.append({"path": str(path), "name": dataset_name(path), "data": ds, "spec": spec})
 
     if "flow-dt-staggered" in args.algos and "flow-dt" not in args.algos:
-        raise ValueError("--algos: flow-dt-staggered evaluates the flow-dt runs again; add flow-dt")
+        raise InputError("--algos: flow-dt-staggered evaluates the flow-dt runs again; add flow-dt")
     args.algos = require_peer(args.algos)
     if not args.algos:
         print("flowrl bench scores: nothing left to run", file=sys.stderr)
@@ -477,23 +479,23 @@ def merge_results(results: list[dict], names: list[str]) -> dict:
     first = results[0]
     for res, name in zip(results, names):
         if res.get("bench") != "scores" or not isinstance(res.get("runs"), list):
-            raise ValueError(f"--merge: {name} is not a `flowrl bench scores --json` file")
+            raise InputError(f"--merge: {name} is not a `flowrl bench scores --json` file")
         for key in MERGE_KEYS:
             if res.get(key) != first.get(key):
                 a, b = first.get(key), res.get(key)
-                raise ValueError(f"--merge: {key} differs between {names[0]} ({a}) and {name} ({b})")
+                raise InputError(f"--merge: {key} differs between {names[0]} ({a}) and {name} ({b})")
     flowrl_files = [(res, name) for res, name in zip(results, names) if set(res.get("algos", [])) - {"d3rlpy"}]
     for res, name in flowrl_files[1:]:  # flowrl's precision is part of its recipe (d3rlpy is always fp32)
         if bool(res.get("bf16")) != bool(flowrl_files[0][0].get("bf16")):
             a, b = (("bf16" if r.get("bf16") else "fp32") for r in (flowrl_files[0][0], res))
-            raise ValueError(f"--merge: flowrl ran in {a} in {flowrl_files[0][1]} but in {b} in {name}")
+            raise InputError(f"--merge: flowrl ran in {a} in {flowrl_files[0][1]} but in {b} in {name}")
     seen: dict[tuple, str] = {}
     runs, datasets = [], {}
     for res, name in zip(results, names):
         for r in res["runs"]:
             key = (r["dataset"], r["algo"], r["seed"])
             if key in seen:
-                raise ValueError(f"--merge: {key[0]} {key[1]} seed {key[2]} is in both {seen[key]} and {name}")
+                raise InputError(f"--merge: {key[0]} {key[1]} seed {key[2]} is in both {seen[key]} and {name}")
             seen[key] = name
             runs.append(r)
         for d in res.get("datasets", []):
@@ -524,7 +526,7 @@ def _merge(paths: list[str], json_out: str | None) -> int:
         try:
             results.append(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--merge: cannot read {path}: {e}") from None
+            raise InputError(f"--merge: cannot read {path}: {e}") from None
     merged = merge_results(results, [str(p) for p in paths])
     cells = summarize(merged["runs"])
     merged["table"] = cells

@@ -4,7 +4,16 @@ Each subcommand lives in its own module of this package and exposes ``add_parser
 registers its parser and sets ``run=callable(args) -> int | None`` as a default. Modules import their
 heavy dependencies inside ``run`` so that ``flowrl --help`` stays fast.
 
-Exit codes: 0 ok, 2 usage or input error (one line on stderr, no traceback), 1 internal error.
+Exit codes (every error is one line on stderr, without a traceback):
+
+- 0: done.
+- 2: bad input: a :class:`flowrl.errors.InputError` (a bad flag, config value, dataset, checkpoint, policy
+  file, environment name, a missing file the user named, an output that exists). The line names the
+  problem and the fix; nothing was written or removed.
+- 1: anything else. An ``OSError`` from the system (no space left on the device, permission denied) is
+  reported as such; any other exception is a bug in flowrl, reported with a hint to report it.
+  ``FLOWRL_TRACEBACK=1`` prints the full traceback instead.
+- 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -12,16 +21,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+import traceback
+
+from flowrl.errors import InputError
 
 __all__ = ["UsageError", "main", "build_parser"]
 
 COMMANDS = ("train", "evaluate", "collect", "datasets", "bench")
-# Errors that mean "the input is wrong", not "flowrl is broken": reported in one line with exit code 2.
-INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+TRACEBACK_ENV = "FLOWRL_TRACEBACK"
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Bad command-line input; the message says what is wrong and how to fix it."""
 
 
@@ -59,11 +71,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"flowrl {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, *INPUT_ERRORS) as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"flowrl {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        return report_error(f"flowrl {args.command}", e)
     return int(code or 0)
+
+
+def report_error(prog: str, e: BaseException) -> int:
+    """Print ``e`` as one line on stderr and return the exit code (see the module doc)."""
+    if isinstance(e, InputError):
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        traceback.print_exception(e)
+        return 1
+    if isinstance(e, OSError) and e.strerror:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{prog}: error: {e.strerror}{where} (set {TRACEBACK_ENV}=1 for details)", file=sys.stderr)
+        return 1
+    if isinstance(e, OSError):
+        print(f"{prog}: error: {_one_line(e)} (set {TRACEBACK_ENV}=1 for details)", file=sys.stderr)
+        return 1
+    print(
+        f"{prog}: internal error: {type(e).__name__}: {_one_line(e)} (a bug in flowrl: please report it with "
+        f"the traceback that {TRACEBACK_ENV}=1 prints)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

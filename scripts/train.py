@@ -71,17 +71,27 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _load_config_file(path: str | None) -> dict[str, Any]:
+def _load_config_file(path: str | None, what: str = "--config") -> dict[str, Any]:
+    """A run config (``--config FILE`` or a run's config.json), checked key by key; ``what`` names it."""
+    from flowrl.agents.config import CONFIGS
+
     if path is None:
         return {}
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
-        raise UsageError(f"cannot read --config {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--config {path} is not valid JSON: {e}") from None
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{what} {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or not set(data) <= {"algo", "agent", "train", "dataset"}:
-        raise UsageError(f"--config {path} must be a JSON object with keys algo, agent, train, dataset")
+        raise UsageError(f"{what} {path} must be a JSON object with keys algo, agent, train, dataset")
+    if "algo" in data and data["algo"] not in CONFIGS:
+        raise UsageError(f"{what} {path}: algo must be one of {', '.join(sorted(CONFIGS))}, got {data['algo']!r}")
+    for key in ("agent", "train"):
+        if key in data and not isinstance(data[key], dict):
+            raise UsageError(f"{what} {path}: {key} must be a JSON object of settings, got {data[key]!r}")
+    if "dataset" in data and not (isinstance(data["dataset"], str) and data["dataset"].strip()):
+        raise UsageError(f"{what} {path}: dataset must be a dataset name or path, got {data['dataset']!r}")
     return data
 
 
@@ -177,7 +187,10 @@ def run(args) -> int:
             raise UsageError("--resume needs --out RUN_FOLDER")
         out = Path(args.out)
         _prepare_out(out, resume=True, overwrite=False)
-        saved = json.loads((out / CONFIG_FILE).read_text())
+        saved = _load_config_file(str(out / CONFIG_FILE), what="--resume: the run config")
+        lacking = [k for k in ("algo", "agent", "train", "dataset") if k not in saved]
+        if lacking:
+            raise UsageError(f"--resume: the run config {out / CONFIG_FILE} lacks {', '.join(lacking)}")
         algo, dataset = saved["algo"], args.dataset or saved["dataset"]
         agent_cfg = config_from_dict(algo, saved["agent"])
         train_cfg = TrainConfig.from_dict({**saved["train"], **given_values(args, TrainConfig)})

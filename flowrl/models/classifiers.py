@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowrl.errors import InputError
 from flowrl.layers import LearnedPositionEmbedding, SinusoidalPositionEmbedding
 from flowrl.models.config import FlowformerConfig, JsonConfig
 from flowrl.models.flowformer import Flowformer
@@ -44,7 +45,7 @@ POOLINGS = ("mean", "cls")
 
 def _check(cond: bool, owner: str, name: str, message: str) -> None:
     if not cond:
-        raise ValueError(f"{owner}: {name} {message}")
+        raise InputError(f"{owner}: {name} {message}")
 
 
 def _trunk_config(value: Any, owner: str, *, causal: bool) -> FlowformerConfig:
@@ -53,9 +54,9 @@ def _trunk_config(value: Any, owner: str, *, causal: bool) -> FlowformerConfig:
         value = FlowformerConfig.from_dict(value)
     if not isinstance(value, FlowformerConfig):
         kind = type(value).__name__
-        raise ValueError(f"{owner}: trunk must be a FlowformerConfig or a dict of its fields, got {kind}")
+        raise InputError(f"{owner}: trunk must be a FlowformerConfig or a dict of its fields, got {kind}")
     if value.causal != causal:
-        raise ValueError(
+        raise InputError(
             f"{owner}: trunk.causal is {value.causal}, this model needs causal={causal} "
             f"(pass trunk=FlowformerConfig(..., causal={causal}))"
         )

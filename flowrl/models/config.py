@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from flowrl.errors import InputError
 
 __all__ = ["JsonConfig", "FlowformerConfig", "atomic_write_text"]
 
@@ -28,6 +33,53 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits a config field's annotation (int, float, str, bool, tuples, unions,
+    nested configs as dicts). Floats must be finite: no config means anything by NaN or infinity."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is dict or origin is dict:
+        return tp is Any or isinstance(value, dict)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    if isinstance(tp, type) and issubclass(tp, JsonConfig):
+        return isinstance(value, (dict, tp))
+    return True  # an annotation this check does not know: the config's own validation decides
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _describe(tp: Any) -> str:
+    if tp is float:
+        return "a finite number"
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    name = getattr(tp, "__name__", str(tp))
+    return {"int": "an integer", "str": "a string", "bool": "true or false", "dict": "an object"}.get(name, f"a {name}")
+
+
 class JsonConfig:
     """Mixin for dataclass configs: ``to_dict``/``from_dict``, ``to_json``/``from_json``, ``save``/``load``.
 
@@ -40,12 +92,20 @@ class JsonConfig:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+            raise InputError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(names)}")
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+            raise InputError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for k, v in data.items():
+            if not _fits(v, hints.get(k, Any)):
+                raise InputError(f"{cls.__name__}: {k} must be {_describe(hints[k])}, got {v!r}")
+            kwargs[k] = tuple(v) if isinstance(v, list) else v
+        missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in kwargs and _required(f)]  # type: ignore[arg-type]
+        if missing:
+            raise InputError(f"{cls.__name__}: missing required field(s) {missing}")
         return cls(**kwargs)
 
     def to_json(self) -> str:
@@ -56,7 +116,7 @@ class JsonConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{cls.__name__}: invalid JSON ({e})") from None
+            raise InputError(f"{cls.__name__}: invalid JSON ({e})") from None
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -67,13 +127,13 @@ class JsonConfig:
         try:
             text = Path(path).read_text()
         except OSError as e:
-            raise ValueError(f"{cls.__name__}: cannot read {path}: {e.strerror}") from None
+            raise InputError(f"{cls.__name__}: cannot read {path}: {e.strerror}") from None
         return cls.from_json(text)
 
 
 def _check(cond: bool, name: str, message: str) -> None:
     if not cond:
-        raise ValueError(f"FlowformerConfig: {name} {message}")
+        raise InputError(f"FlowformerConfig: {name} {message}")
 
 
 @dataclass

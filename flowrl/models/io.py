@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from flowrl.errors import InputError, MissingInputError
 from flowrl.models.classifiers import ImageClassifier, SequenceClassifier, TimeSeriesClassifier
 from flowrl.models.config import atomic_write_text
 from flowrl.models.lm import CausalLM
@@ -65,28 +66,28 @@ def load_model(
     directory = Path(directory)
     for name in (CONFIG, WEIGHTS):
         if not (directory / name).is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"load_model: {directory / name} not found (a save_model folder holds {CONFIG} and {WEIGHTS})"
             )
     try:
         meta = json.loads((directory / CONFIG).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"load_model: {directory / CONFIG} is not valid JSON ({e})") from None
+        raise InputError(f"load_model: {directory / CONFIG} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or set(meta) != {"format", "model", "config"}:
-        raise ValueError(f"load_model: {directory / CONFIG} lacks the keys format, model, config")
+        raise InputError(f"load_model: {directory / CONFIG} lacks the keys format, model, config")
     if meta["format"] != FORMAT:
-        raise ValueError(f"load_model: {directory / CONFIG} has format {meta['format']!r}, expected {FORMAT}")
+        raise InputError(f"load_model: {directory / CONFIG} has format {meta['format']!r}, expected {FORMAT}")
     cls = MODELS.get(meta["model"])
     if cls is None:
-        raise ValueError(
+        raise InputError(
             f"load_model: unknown model {meta['model']!r} in {directory / CONFIG}; known: {sorted(MODELS)}"
         )
     if model_cls is not None and model_cls is not cls:
-        raise ValueError(f"load_model: {directory} holds a {cls.__name__}, not a {model_cls.__name__}")
+        raise InputError(f"load_model: {directory} holds a {cls.__name__}, not a {model_cls.__name__}")
     model = cls(cls.config_class.from_dict(meta["config"]))
     state = torch.load(directory / WEIGHTS, map_location=map_location, weights_only=True)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"load_model: {directory / WEIGHTS} does not fit its config.json: {e}") from None
+        raise InputError(f"load_model: {directory / WEIGHTS} does not fit its config.json: {e}") from None
     return model.eval()

@@ -29,6 +29,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from flowrl.errors import InputError
+
 __all__ = ["available", "library", "status", "cache_dir", "NativeBuildError"]
 
 SOURCE = Path(__file__).with_name("native.cpp")
@@ -48,7 +50,7 @@ class NativeBuildError(RuntimeError):
 def _mode() -> str:
     mode = os.environ.get("FLOWRL_NATIVE", "auto").strip().lower() or "auto"
     if mode not in ("auto", "0", "1"):
-        raise ValueError(f"FLOWRL_NATIVE must be auto, 0 or 1, got {mode!r}")
+        raise InputError(f"FLOWRL_NATIVE must be auto, 0 or 1, got {mode!r}")
     return mode
 
 

@@ -1,0 +1,31 @@
+"""The exceptions flowrl raises for bad user input.
+
+flowrl separates "the input is wrong" from "flowrl is broken": every check of something a user hands
+over (a config value, a dataset, a checkpoint, an environment name, a file path) raises
+:class:`InputError`, and the ``flowrl`` command turns exactly these into one line on stderr and exit
+code 2. Any other exception, a plain ``ValueError`` included, is a bug in flowrl (exit code 1).
+
+Both classes subclass the built-in exception a Python caller would expect, so library users can keep
+writing ``except ValueError`` or ``except FileNotFoundError``::
+
+    try:
+        ds = load_dataset("hopper-medium-v2")
+    except InputError as e:  # also a ValueError
+        print(f"cannot use this dataset: {e}")
+"""
+
+from __future__ import annotations
+
+__all__ = ["InputError", "MissingInputError", "OutputExistsError"]
+
+
+class InputError(ValueError):
+    """Bad user input; the message names what is wrong and, where it can, how to fix it."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """A file or folder the user named does not exist (an :class:`InputError` and a ``FileNotFoundError``)."""
+
+
+class OutputExistsError(InputError, FileExistsError):
+    """An output the user named already exists and replacing it was not asked for."""
