@@ -86,7 +86,7 @@ def test_interrupted_run_resumes_and_finishes(hopper_run):
     assert buf["dones"][EVERY - 1] == 1 and buf["timeouts"][EVERY - 1] == 1
     # a finished run is not retrained
     again = C.train_behavior(
-        C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
+        C.BehaviorTrainingConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
         hopper_run["run_dir"],
         progress=False,
         on_checkpoint=lambda e: pytest.fail("retrained"),
@@ -107,7 +107,7 @@ def test_export_medium_policy_from_run(hopper_run, tmp_path):
     assert meta["training_steps"] == STEPS and meta["hidden"] == [32, 32] and meta["command"] == "test"
     assert meta["default_dataset"]["seeds"] == [0, 1] and len(meta["mean_return_range"]) == 2
     pol = load_behavior(out)
-    sb3 = C._load_model("sac", hopper_run["run_dir"] / medium["model"])
+    sb3 = C.load_model("sac", hopper_run["run_dir"] / medium["model"])
     want, _ = sb3.predict(np.ones((2, 11)), deterministic=True)
     np.testing.assert_allclose(pol.act(np.ones((2, 11)), deterministic=True), want, atol=1e-5)
     with pytest.raises(FileExistsError):
@@ -121,7 +121,7 @@ def test_run_directory_in_use_is_refused(hopper_run):
         fcntl.flock(f, fcntl.LOCK_EX)
         with pytest.raises(ValueError, match="in use by another process"):
             C.train_behavior(
-                C.TrainConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
+                C.BehaviorTrainingConfig("hopper", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
                 hopper_run["run_dir"],
                 progress=False,
             )
@@ -130,7 +130,9 @@ def test_run_directory_in_use_is_refused(hopper_run):
 def test_resume_refuses_other_settings(hopper_run):
     with pytest.raises(ValueError, match="different settings"):
         C.train_behavior(
-            C.TrainConfig("hopper", algo="td3", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY),
+            C.BehaviorTrainingConfig(
+                "hopper", algo="td3", steps=STEPS, checkpoint_every=EVERY, eval_episodes=1, **TINY
+            ),
             hopper_run["run_dir"],
             progress=False,
         )
