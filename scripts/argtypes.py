@@ -1,11 +1,18 @@
-"""argparse value types shared by the ``flowrl`` subcommands (errors surface as one-line usage errors)."""
+"""What the ``flowrl`` subcommands share for reading their arguments: argparse value types (errors surface as
+one-line usage errors) and :class:`UsageError`, raised for input a parser cannot catch on its own."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
 
-__all__ = ["positive_int", "subset_of"]
+from flowrl.errors import InputError
+
+__all__ = ["UsageError", "positive_int", "subset_of"]
+
+
+class UsageError(InputError):
+    """Bad command-line input; the message says what is wrong and how to fix it (exit code 2)."""
 
 
 def positive_int(text: str) -> int:

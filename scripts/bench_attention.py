@@ -294,15 +294,12 @@ def _materialised_estimate(case: dict) -> float:
 
 
 def _machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
+    from flowrl.scripts.benchmarking import cpu_model
 
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, python {platform.python_version()}"
+    return (
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, python {platform.python_version()}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- worker

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from flowrl.scripts.benchmarking import cpu_model, table
 
 HELP = "data layer: dataset loading, context sampling, vectorized evaluation (prints a table)"
 
@@ -75,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
         _bench_sampling(rows, ds, args)
     if not args.skip_eval:
         _bench_eval(rows, args)
-    print(_table(rows))
+    print(table(("measurement", "time", "detail", "target"), rows))
     print(
-        f"\nmachine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
+        f"\nmachine: {cpu_model()}, {os.cpu_count()} CPU cores, "
         f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
         f"torch threads 1"
     )
@@ -419,10 +420,3 @@ def _per_call(fn: Callable[[], object], min_seconds: float) -> float:
             fn()
         block.append((time.perf_counter() - t0) / n)
     return statistics.median(block)
-
-
-def _table(rows: list[tuple[str, str, str, str]]) -> str:
-    head = ("measurement", "time", "detail", "target")
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(4)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])

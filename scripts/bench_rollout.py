@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from flowrl.scripts.argtypes import positive_int, subset_of
-from flowrl.scripts.bench_train import (
+from flowrl.scripts.benchmarking import (
     add_model_arguments,
     machine_text,
     model_dict,

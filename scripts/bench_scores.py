@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 from flowrl.scripts.argtypes import positive_int, subset_of
-from flowrl.scripts.bench_train import (
+from flowrl.scripts.benchmarking import (
     add_model_arguments,
     d4rl_file,
     machine_text,
@@ -64,11 +64,8 @@ LABELS = {
 }
 DT_WARMUP = 10_000
 """The Decision Transformer recipe's warmup steps (flowrl's and d3rlpy's default)."""
-DEFAULT_NAMES = ("hopper-medium", "hopper-medium-replay", "halfcheetah-medium")
-# ../shared/datasets relative to the repository (this file is <repo>/scripts/bench_scores.py)
-DEFAULT_DATASETS = tuple(
-    str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / f"{name}.hdf5") for name in DEFAULT_NAMES
-)
+DEFAULT_DATASETS = ("hopper-medium-v2", "hopper-medium-replay-v2", "halfcheetah-medium-v2")
+"""D4RL names, resolved like any ``--dataset`` (D4RL's cache in ``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets``)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,9 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--datasets",
         nargs="+",
         default=list(DEFAULT_DATASETS),
-        metavar="PATH",
-        help="dataset paths (D4RL .hdf5, .npz, Minari folder); default: hopper-medium, hopper-medium-replay "
-        "and halfcheetah-medium from ../shared/datasets",
+        metavar="DATASET",
+        help="datasets: paths (D4RL .hdf5, .npz, Minari folder) or names; default: the D4RL datasets "
+        f"{', '.join(DEFAULT_DATASETS)} from D4RL's local cache ($D4RL_DATASET_DIR or ~/.d4rl/datasets)",
     )
     p.add_argument(
         "--algos",

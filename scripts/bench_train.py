@@ -22,17 +22,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from flowrl.scripts.argtypes import positive_int, subset_of
+from flowrl.scripts.benchmarking import (
+    add_model_arguments,
+    d4rl_file,
+    describe_dataset,
+    machine_text,
+    model_dict,
+    model_text,
+    paired_ratio,
+    peer_model_kwargs,
+    require_peer,
+    table,
+)
 
 HELP = "training steps/s: flowrl flow-DT (fp32, bf16), softmax-DT and d3rlpy's DT, same data and model size"
 
@@ -68,14 +75,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peer-timeout", type=float, default=1800.0, help="seconds allowed per d3rlpy run")
     p.add_argument("--json", default=None, help="also write all measurements to this JSON file")
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--context", type=positive_int, default=20, help="context length K (timesteps)")
-    p.add_argument("--dim", type=positive_int, default=128, help="embedding width")
-    p.add_argument("--layers", type=positive_int, default=3, help="transformer blocks")
-    p.add_argument("--heads", type=positive_int, default=1, help="attention heads")
-    p.add_argument("--batch", type=positive_int, default=64, help="sequences per update")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,12 +148,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
-    """Median over repeats of numerator_i / denominator_i: each repeat's variants ran minutes apart at most,
-    so the pairing cancels the machine's drift between repeats (which a ratio of two medians does not)."""
-    return statistics.median(a / b for a, b in zip(numerators, denominators) if b > 0)
-
-
 def format_train_table(rows: list[dict]) -> str:
     """Markdown table: median steps/s, each repeat, last loss and the ratios to d3rlpy (when it ran): of the
     medians, and the median of the per-repeat ratios."""
@@ -212,74 +205,3 @@ def _d3rlpy_train(hdf5: Path, args, threads: int) -> dict:
         timeout=args.peer_timeout,
         **peer_model_kwargs(args),
     )
-
-
-def peer_model_kwargs(args) -> dict[str, int]:
-    return {"context": args.context, "dim": args.dim, "layers": args.layers, "heads": args.heads, "batch": args.batch}
-
-
-def require_peer(variants: list[str]) -> list[str]:
-    """Make d3rlpy's environment now (before minutes of flowrl timing); without it, drop the d3rlpy row."""
-    if "d3rlpy" not in variants:
-        return variants
-    from flowrl.scripts.peers import PeerEnvError, ensure_d3rlpy_venv
-
-    try:
-        ensure_d3rlpy_venv()
-    except PeerEnvError as e:
-        first = str(e).splitlines()[0]
-        print(f"flowrl bench: warning: d3rlpy is unavailable, its row is left out: {first}", file=sys.stderr)
-        return [v for v in variants if v != "d3rlpy"]
-    return variants
-
-
-@contextmanager
-def d4rl_file(spec: str, ds):
-    """A D4RL-format HDF5 path holding ``ds``: ``spec`` itself when it is one, else a temporary copy."""
-    path = Path(os.fspath(spec)).expanduser()
-    if path.is_file() and path.suffix.lower() in (".hdf5", ".h5"):
-        yield path.absolute()
-        return
-    from flowrl.envs import write_d4rl_hdf5
-
-    with tempfile.TemporaryDirectory(prefix="flowrl-bench-") as tmp:
-        yield write_d4rl_hdf5(Path(tmp) / "dataset.hdf5", ds, compression=None)
-
-
-# ---------------------------------------------------------------------------------------------- shared text
-def describe_dataset(spec, ds) -> str:
-    return f"{Path(os.fspath(spec)).name} ({ds.num_transitions:,} transitions, {ds.num_episodes} episodes)"
-
-
-def model_dict(args) -> dict[str, int]:
-    return peer_model_kwargs(args)
-
-
-def model_text(args) -> str:
-    return f"K={args.context} dim={args.dim} layers={args.layers} heads={args.heads} batch={args.batch}"
-
-
-def machine_text(threads: int) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", load {os.getloadavg()[0]:.1f}"
-    return (
-        f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads, "
-        f"python {platform.python_version()}{load}"
-    )
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cells[0]), sep, *map(line, cells[1:])])

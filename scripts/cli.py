@@ -25,16 +25,14 @@ import os
 import sys
 import traceback
 
+from flowrl.scripts.argtypes import UsageError
+
 from flowrl.errors import InputError
 
 __all__ = ["UsageError", "main", "build_parser"]
 
 COMMANDS = ("train", "evaluate", "collect", "datasets", "bench")
 TRACEBACK_ENV = "FLOWRL_TRACEBACK"
-
-
-class UsageError(InputError):
-    """Bad command-line input; the message says what is wrong and how to fix it."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,7 +19,7 @@ import shlex
 import sys
 from fractions import Fraction
 
-from flowrl.scripts.cli import UsageError
+from flowrl.scripts.argtypes import UsageError
 
 
 def _fraction(text: str) -> float:

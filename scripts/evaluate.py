@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flowrl.scripts.argtypes import positive_int
-from flowrl.scripts.cli import UsageError
+from flowrl.scripts.argtypes import UsageError, positive_int
 
 
 def add_parser(sub) -> None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flowrl.scripts.cli import UsageError
+from flowrl.scripts.argtypes import UsageError
 from flowrl.scripts.dataclass_args import add_dataclass_arguments, given_values
 
 DEFAULT_DATASET = "hopper-medium"

@@ -71,12 +71,10 @@ def fake_peer(monkeypatch):
     return calls
 
 
-def test_defaults_are_the_shared_datasets_and_the_dt_preset():
+def test_defaults_are_d4rl_names_and_the_dt_preset():
     args = _parse([])
-    repo = Path(bench_scores.__file__).resolve().parents[1]
-    expected = [repo.parent / "shared" / "datasets" / f"{n}.hdf5" for n in bench_scores.DEFAULT_NAMES]
-    assert [Path(p) for p in args.datasets] == expected
-    assert bench_scores.DEFAULT_NAMES == ("hopper-medium", "hopper-medium-replay", "halfcheetah-medium")
+    # names that resolve through D4RL's cache, never a path relative to where the package happens to live
+    assert args.datasets == ["hopper-medium-v2", "hopper-medium-replay-v2", "halfcheetah-medium-v2"]
     assert args.algos == ["flow-dt", "softmax-dt", "bc", "d3rlpy"]
     assert (args.context, args.dim, args.layers, args.heads, args.batch) == (20, 128, 3, 1, 64)
     assert _parse(["--algos", "bc,flow-dt,bc"]).algos == ["bc", "flow-dt"]
