@@ -92,7 +92,7 @@ class _NativeDropout(torch.autograd.Function):
 def _apply(kernel, x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
-    kernel(x.data_ptr(), y.data_ptr(), x.numel(), seed, threshold, scale)
+    native.check(kernel(x.data_ptr(), y.data_ptr(), x.numel(), seed, threshold, scale), "dropout")
     return y
 
 

@@ -206,7 +206,7 @@ class FlowDecoder:
                 for x in field if isinstance(field, list) else (field,):
                     x.zero_()
             return
-        rows = self._rows(rows)
+        rows = self._rows(rows, "reset")
         kv_rows = self._kv_rows(rows)
         s = self.states
         s.t.index_fill_(0, rows, 0.0)
@@ -216,10 +216,29 @@ class FlowDecoder:
             z.index_fill_(0, rows, 0.0)
             kv.index_fill_(0, kv_rows, 0.0)
 
-    def _rows(self, rows) -> Tensor:
-        """Row indices [R] from indices or a bool mask [B]."""
+    def _rows(self, rows, what: str) -> Tensor:
+        """Distinct row indices [R] in [0, B) from indices or a bool mask [B]; ValueError otherwise.
+
+        Two inputs for one state would race between the native kernel's threads and, on one thread, apply
+        one update over the other; an index out of range would write outside the states."""
         rows = torch.as_tensor(rows, device=self.device)
-        return rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
+        if rows.dtype == torch.bool:
+            if rows.shape != (self.batch,):
+                raise ValueError(
+                    f"FlowDecoder.{what}: a bool mask of rows has shape {tuple(rows.shape)}, expected ({self.batch},)"
+                )
+            return rows.nonzero().squeeze(1)
+        if rows.dim() != 1 or rows.dtype.is_floating_point or rows.dtype.is_complex:
+            raise ValueError(
+                f"FlowDecoder.{what}: rows must be a 1-d integer tensor or a bool mask, "
+                f"got {rows.dtype} of shape {tuple(rows.shape)}"
+            )
+        listed = rows.tolist()
+        if listed and (min(listed) < 0 or max(listed) >= self.batch):
+            raise ValueError(f"FlowDecoder.{what}: rows must be in [0, {self.batch}), got {listed}")
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"FlowDecoder.{what}: rows must be distinct, got {listed}")
+        return rows
 
     def _kv_rows(self, rows: Tensor) -> Tensor:
         """The rows [R·H] of the heads' kv states of rows [R]."""
@@ -239,12 +258,12 @@ class FlowDecoder:
 
         Returns the trunk's output (after the final norm) at the last token, [R, dim], or at every new
         token, [R, L, dim], with ``last_only=False``. Row r's output equals the trunk run over everything
-        row r has been fed since its reset. Rows must be distinct.
+        row r has been fed since its reset. Rows must be distinct and in [0, B) (else ValueError).
         """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"FlowDecoder.step: x has shape {tuple(x.shape)}, expected [R, L, {self.dim}]")
         if rows is not None:
-            rows = self._rows(rows)
+            rows = self._rows(rows, "step")
         R = self.batch if rows is None else len(rows)
         if x.shape[0] != R:
             raise ValueError(f"FlowDecoder.step: x has {x.shape[0]} rows for {R} states")
@@ -276,8 +295,6 @@ class FlowDecoder:
         x = x.contiguous()
         if rows is not None:
             rows = rows.to(torch.int64).contiguous()
-            if R and (int(rows.min()) < 0 or int(rows.max()) >= self.batch):
-                raise ValueError(f"FlowDecoder.step: rows must be in [0, {self.batch}), got {rows.tolist()}")
         out = torch.empty((R, C) if last_only else (R, L, C), dtype=self.dtype)
         if R == 0:
             return out
@@ -302,8 +319,7 @@ class FlowDecoder:
             out.data_ptr(),
             torch.get_num_threads() if R * L >= _PARALLEL_TOKENS else 1,
         )
-        if code != 0:
-            raise MemoryError(f"FlowDecoder: the native kernel could not allocate its buffers (code {code})")
+        _native.check(code, "FlowDecoder.step")
         return out
 
     def _run(self, x: Tensor, s: _States, last_only: bool) -> Tensor:

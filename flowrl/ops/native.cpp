@@ -22,7 +22,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <new>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -332,54 +336,127 @@ int run(void* const* weights, const double* norm_eps, const T* final_w, const T*
 
 }  // namespace
 
+// ------------------------------------------------------------------------------------------ C boundary
+// No C++ exception may cross into Python (it would terminate the process): every exported function runs its
+// body in guarded(), which returns 0, or 1 for std::bad_alloc and 2 for anything else, and keeps the message
+// for flowrl_last_error(). Worker chunks (parallel_chunks) catch their own exceptions and rethrow the first
+// one on the calling thread after all chunks have finished.
+namespace {
+
+std::mutex error_mutex;
+std::string last_error;
+
+void set_error(const char* what) {
+  std::lock_guard<std::mutex> lock(error_mutex);
+  last_error = what;
+}
+
+template <typename F>
+int guarded(F f) noexcept {
+  try {
+    f();
+    return 0;
+  } catch (const std::bad_alloc&) {
+    set_error("out of memory");
+    return 1;
+  } catch (const std::exception& e) {
+    set_error(e.what());
+    return 2;
+  } catch (...) {
+    set_error("unknown C++ exception");
+    return 2;
+  }
+}
+
 // f(begin, end) over [0, n) in up to `threads` contiguous chunks of at least `grain`. Built with OpenMP, the
 // chunks run on libgomp's pool, which is torch's own when torch is loaded first (same soname): its workers,
 // still spinning after torch's last operator, take the chunks instead of competing with new threads for
 // the cores (std::threads were 1.8x slower inside a rollout for that reason). One chunk: no OpenMP call at
-// all (forked evaluation workers must not touch a pool inherited from their parent).
+// all (forked evaluation workers must not touch a pool inherited from their parent). Without OpenMP (or
+// with `std_threads`), chunks run on std::threads; a thread that cannot be started runs its chunk here.
 template <typename F>
-void parallel_chunks(int64_t n, int threads, int64_t grain, F f) {
+void parallel_chunks(int64_t n, int threads, int64_t grain, F f, bool std_threads = false) {
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n / std::max<int64_t>(grain, 1)));
   if (chunks <= 1) {
     f(0, n);
     return;
   }
   const int64_t size = (n + chunks - 1) / chunks;
+  std::exception_ptr first;
+  std::mutex first_mutex;
+  auto chunk = [&](int64_t c) noexcept {
+    const int64_t b = c * size, e = std::min(n, b + size);
+    if (b >= e) return;
+    try {
+      f(b, e);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(first_mutex);
+      if (!first) first = std::current_exception();
+    }
+  };
 #ifdef _OPENMP
+  if (!std_threads) {
 #pragma omp parallel for num_threads((int)chunks) schedule(static, 1)
-  for (int64_t c = 0; c < chunks; c++) {
-    const int64_t b = c * size, e = std::min(n, b + size);
-    if (b < e) f(b, e);
+    for (int64_t c = 0; c < chunks; c++) chunk(c);
+    if (first) std::rethrow_exception(first);
+    return;
   }
-#else
-  std::vector<std::thread> pool;
-  for (int64_t c = 1; c < chunks; c++) {
-    const int64_t b = c * size, e = std::min(n, b + size);
-    if (b < e) pool.emplace_back(f, b, e);
-  }
-  f(0, std::min(n, size));
-  for (auto& t : pool) t.join();
 #endif
+  std::vector<std::thread> pool;
+  int64_t started = 1;
+  for (; started < chunks; started++) {
+    try {
+      pool.emplace_back(chunk, started);
+    } catch (...) {  // no thread (resource limits): the remaining chunks run on this thread
+      break;
+    }
+  }
+  chunk(0);
+  for (int64_t c = started; c < chunks; c++) chunk(c);
+  for (auto& t : pool) t.join();
+  if (first) std::rethrow_exception(first);
 }
 
-// Rows are independent (distinct states), so `threads` > 1 splits them into chunks run side by side.
+}  // namespace
+
+extern "C" const char* flowrl_last_error() {
+  static thread_local std::string copy;
+  std::lock_guard<std::mutex> lock(error_mutex);
+  copy = last_error;
+  return copy.c_str();
+}
+
+// Throws `kind` (1 bad_alloc, 2 runtime_error, 3 a non-std exception) in the last of `threads` chunks: the
+// boundary's test.
+extern "C" int flowrl_selftest_throw(int kind, int threads, int std_threads) {
+  return guarded([&] {
+    parallel_chunks(
+        threads, threads, 1,
+        [&](int64_t b, int64_t e) {
+          if (e != threads) return;
+          if (kind == 1) throw std::bad_alloc();
+          if (kind == 2) throw std::runtime_error("selftest failure");
+          throw 42;
+        },
+        std_threads != 0);
+  });
+}
+
+// Rows are independent (distinct states, checked by the caller), so `threads` > 1 splits them into chunks
+// run side by side.
 #define FLOW_DECODE(NAME, T)                                                                                    \
   extern "C" int NAME(void* const* weights, const double* norm_eps, const T* final_w, const T* final_b,         \
                       double final_eps, T* t_state, void* const* states, const int64_t* rows, int R, int L,     \
                       int C, int H, int F, int layers, double eps, double clamp, int gelu, int last_only,       \
                       const T* x, T* out, int threads) {                                                        \
     const size_t out_row = (size_t)(last_only ? 1 : L) * C;                                                     \
-    std::atomic<int> failed{0};                                                                                 \
-    parallel_chunks(R, threads, 1, [&](int64_t b, int64_t e) {                                                  \
-      try {                                                                                                     \
+    return guarded([&] {                                                                                        \
+      parallel_chunks(R, threads, 1, [&](int64_t b, int64_t e) {                                                \
         run<T>(weights, norm_eps, final_w, final_b, final_eps, t_state, states, rows ? rows + b : nullptr, b,   \
                (int)(e - b), L, C, H, F, layers, eps, clamp, gelu, last_only, x + (size_t)b * L * C,            \
                out + b * out_row);                                                                              \
-      } catch (const std::bad_alloc&) {                                                                         \
-        failed = 1;                                                                                             \
-      }                                                                                                         \
+      });                                                                                                       \
     });                                                                                                         \
-    return failed.load();                                                                                       \
   }
 
 FLOW_DECODE(flow_decode_f32, float)
@@ -450,12 +527,12 @@ void dropout(const T* x, T* y, int64_t n, uint64_t seed, uint32_t threshold, dou
 }  // namespace
 
 #define DROPOUT(NAME, T)                                                                                      \
-  extern "C" void NAME(const T* x, T* y, int64_t n, uint64_t seed, uint32_t threshold, double scale) {        \
-    dropout<T>(x, y, n, seed, threshold, scale);                                                              \
+  extern "C" int NAME(const T* x, T* y, int64_t n, uint64_t seed, uint32_t threshold, double scale) {         \
+    return guarded([&] { dropout<T>(x, y, n, seed, threshold, scale); });                                     \
   }
 
 DROPOUT(dropout_f32, float)
 DROPOUT(dropout_f64, double)
 DROPOUT(dropout_bf16, uint16_t)
 
-extern "C" int flow_decode_abi_version() { return 3; }
+extern "C" int flowrl_native_abi_version() { return 4; }

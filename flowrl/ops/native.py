@@ -6,9 +6,13 @@ products and ~100 small operators, about 6x faster as one C++ call than through 
 and ``dropout``, one pass with a counter-based random mask (what :func:`flowrl.layers.dropout` runs on CPU
 tensors in training; the backward pass regenerates the mask from its seed).
 
-The source has no torch headers, so it compiles in about a second (``c++ -O3 -march=native``). The shared
-library is cached under ``$FLOWRL_CACHE`` (default ``~/.cache/flowrl``) in ``native/<hash>/``, keyed by the
-source, the flags and the CPU, and written atomically (concurrent first uses are safe).
+The source has no torch headers, so it compiles in seconds (``c++ -O3 -march=native``). The shared library
+is cached under ``$FLOWRL_CACHE`` (default ``~/.cache/flowrl``; it must be an absolute path) in
+``native/<key>/``, keyed by the source, the flags and the CPU, written atomically (concurrent first uses are
+safe), with its SHA-256 recorded beside it. It is loaded only from directories that nobody but the user can
+write to, and only when its bytes match the recorded hash; a truncated, damaged or foreign library is rebuilt,
+never loaded (see :mod:`flowrl.ops.trusted_cache`). Every kernel catches all C++ exceptions at the C
+boundary and returns a code that :func:`check` turns into a Python error.
 
 ``FLOWRL_NATIVE`` chooses: unset/``auto`` — use the kernels when they build, else warn once and fall back to
 torch operators (same results up to rounding; dropout draws other masks); ``0`` — never build or use them;
@@ -30,11 +34,13 @@ import warnings
 from pathlib import Path
 
 from flowrl.errors import InputError
+from flowrl.ops import trusted_cache
+from flowrl.ops.trusted_cache import UntrustedCacheError
 
 __all__ = ["available", "library", "status", "cache_dir", "NativeBuildError"]
 
 SOURCE = Path(__file__).with_name("native.cpp")
-ABI_VERSION = 3
+ABI_VERSION = 4
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]
 _ARCH_FLAGS = ["-march=native"]  # dropped if the compiler refuses it
 _OPENMP_FLAGS = ["-fopenmp"]  # likewise (then row chunks run on std::threads)
@@ -55,8 +61,11 @@ def _mode() -> str:
 
 
 def cache_dir() -> Path:
-    """Where built libraries live: ``$FLOWRL_CACHE/native``, default ``~/.cache/flowrl/native``."""
-    return Path(os.environ.get("FLOWRL_CACHE") or Path.home() / ".cache" / "flowrl") / "native"
+    """Where built libraries live: ``$FLOWRL_CACHE/native``, default ``~/.cache/flowrl/native`` (absolute).
+
+    Raises :class:`~flowrl.ops.trusted_cache.UntrustedCacheError` for a relative ``FLOWRL_CACHE``.
+    """
+    return trusted_cache.cache_root() / "native"
 
 
 def _cpu_key() -> str:
@@ -80,11 +89,11 @@ def _compiler() -> str | None:
 
 
 def _build(target: Path) -> None:
+    """Compile the library into ``target`` (temp file, then rename) and record its hash beside it."""
     compiler = _compiler()
     if compiler is None:
         raise NativeBuildError("no C++ compiler found (install g++ or clang++, or set CXX)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".flowrl_native.", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         last_error = ""
@@ -95,6 +104,8 @@ def _build(target: Path) -> None:
             except OSError as e:
                 raise NativeBuildError(f"cannot run the C++ compiler {compiler!r}: {e.strerror or e}") from None
             if proc.returncode == 0:
+                os.chmod(tmp, 0o700)  # the compiler may have replaced the private temp file
+                trusted_cache.record_hash(target, Path(tmp).read_bytes())
                 os.replace(tmp, target)
                 return
             last_error = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
@@ -104,35 +115,79 @@ def _build(target: Path) -> None:
             os.unlink(tmp)
 
 
-def _target() -> Path:
-    """The cached library's path: keyed by the source, the flags and the CPU."""
-    key = hashlib.sha256(
+def _target_key() -> str:
+    """The cache entry's name: a hash of the source, the flags and the CPU."""
+    return hashlib.sha256(
         SOURCE.read_bytes() + repr((_FLAGS, _ARCH_FLAGS, _OPENMP_FLAGS, platform.machine(), _cpu_key())).encode()
     ).hexdigest()[:16]
-    return cache_dir() / key / "flowrl_native.so"
+
+
+def _target() -> Path:
+    """The cached library's path: ``cache_dir()/<key>/flowrl_native.so``."""
+    return cache_dir() / _target_key() / "flowrl_native.so"
+
+
+_loaded_fds: list[int] = []  # descriptors of loaded libraries, open for the life of the process
+
+
+def _open(target: Path) -> ctypes.CDLL:
+    """dlopen the verified bytes of ``target``, through the descriptor that was hashed where /proc allows.
+
+    The descriptor stays open: glibc reuses an already loaded library when a name repeats, so a name such as
+    ``/proc/self/fd/N`` must never come back for another file (nor the cache path after a rebuild).
+    """
+    fd = trusted_cache.open_verified(target)
+    proc_path = f"/proc/self/fd/{fd}"
+    if not os.path.exists(proc_path):
+        os.close(fd)
+        return ctypes.CDLL(str(target))
+    try:
+        lib = ctypes.CDLL(proc_path)
+    except BaseException:
+        os.close(fd)
+        raise
+    _loaded_fds.append(fd)
+    return lib
+
+
+_p, _i, _d, _i64, _u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_int64, ctypes.c_uint64
+_DECODE_ARGS = [_p, _p, _p, _p, _d, _p, _p, _p, _i, _i, _i, _i, _i, _i, _d, _d, _i, _i, _p, _p, _i]
+_SIGNATURES: dict[str, tuple[object, list]] = {  # every kernel returns 0, or an error code (see check())
+    "flowrl_last_error": (ctypes.c_char_p, []),
+    "flowrl_selftest_throw": (_i, [_i, _i, _i]),
+    "flow_decode_f32": (_i, _DECODE_ARGS),
+    "flow_decode_f64": (_i, _DECODE_ARGS),
+    "dropout_f32": (_i, [_p, _p, _i64, _u64, ctypes.c_uint32, _d]),
+    "dropout_f64": (_i, [_p, _p, _i64, _u64, ctypes.c_uint32, _d]),
+    "dropout_bf16": (_i, [_p, _p, _i64, _u64, ctypes.c_uint32, _d]),
+}
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Check the ABI version and set every kernel's C signature; AttributeError/NativeBuildError if foreign."""
+    version = lib.flowrl_native_abi_version
+    version.restype = ctypes.c_int
+    if version() != ABI_VERSION:
+        raise NativeBuildError(f"the library has ABI {version()}, expected {ABI_VERSION}")
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
 
 
 def _load() -> ctypes.CDLL:
+    """The trusted, verified library, built (or rebuilt) when the cache has none that checks out."""
+    root = trusted_cache.cache_root()
     target = _target()
-    if not target.exists():
-        _build(target)
+    trusted_cache.private_dir(target.parent, root)  # UntrustedCacheError: nothing in it is ever loaded
     try:
-        lib = ctypes.CDLL(str(target))
-    except OSError:  # a damaged cache entry: build it again
-        _build(target)
-        lib = ctypes.CDLL(str(target))
-    if lib.flow_decode_abi_version() != ABI_VERSION:
-        raise NativeBuildError(f"{target} has ABI {lib.flow_decode_abi_version()}, expected {ABI_VERSION}")
-    p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
-    for name in ("flow_decode_f32", "flow_decode_f64"):
-        fn = getattr(lib, name)
-        fn.restype = i
-        fn.argtypes = [p, p, p, p, d, p, p, p, i, i, i, i, i, i, d, d, i, i, p, p, i]
-    for name in ("dropout_f32", "dropout_f64", "dropout_bf16"):
-        fn = getattr(lib, name)
-        fn.restype = None
-        fn.argtypes = [p, p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, d]
-    return lib
+        return _bind(_open(target))
+    except FileNotFoundError:
+        pass
+    except (UntrustedCacheError, NativeBuildError, AttributeError, OSError):
+        pass  # damaged, truncated, foreign or unrecorded: replaced below, never loaded as it is
+    _build(target)
+    return _bind(_open(target))
 
 
 def library() -> ctypes.CDLL | None:
@@ -148,7 +203,7 @@ def library() -> ctypes.CDLL | None:
         if "lib" not in _state and "error" not in _state:
             try:
                 _state["lib"] = _load()
-            except (NativeBuildError, OSError, AttributeError) as e:
+            except (NativeBuildError, UntrustedCacheError, OSError, AttributeError) as e:
                 _state["error"] = f"{type(e).__name__}: {e}"
                 if mode != "1":
                     warnings.warn(
@@ -175,6 +230,32 @@ def status() -> str:
     except NativeBuildError as e:
         return f"unavailable ({e})"
     return "on" if lib is not None else f"unavailable ({_state.get('error')})"
+
+
+def check(code: int, what: str) -> None:
+    """Turn a kernel's return code into a Python error: 1 (out of memory) MemoryError, else RuntimeError.
+
+    Every exported kernel catches all C++ exceptions (also those of its worker threads) and returns a code;
+    the message of the last failure is kept by the library.
+    """
+    if code == 0:
+        return
+    lib = _state.get("lib")
+    message = lib.flowrl_last_error().decode(errors="replace") if lib is not None else f"code {code}"
+    if code == 1:
+        raise MemoryError(f"{what}: the native kernel ran out of memory ({message})")
+    raise RuntimeError(f"{what}: the native kernel failed ({message})")
+
+
+_SELFTEST_KINDS = {"bad_alloc": 1, "runtime_error": 2, "other": 3}
+
+
+def _selftest_throw(kind: str, threads: int, use_std_threads: bool) -> None:
+    """Throw a C++ exception of ``kind`` in one of ``threads`` worker chunks and report it (tests the boundary)."""
+    lib = library()
+    if lib is None:
+        raise NativeBuildError(f"native kernel {status()}")
+    check(lib.flowrl_selftest_throw(_SELFTEST_KINDS[kind], threads, int(use_std_threads)), "selftest")
 
 
 def _reset_for_tests() -> None:

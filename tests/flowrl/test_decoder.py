@@ -178,3 +178,19 @@ def test_native_calls_split_across_threads_equal_the_trunk():
         assert dec.seen.tolist() == [24] * 9
     finally:
         torch.set_num_threads(threads)
+
+
+def test_duplicate_and_out_of_range_rows_are_refused_before_anything_runs(native):
+    """Two inputs for one state would race between the kernel's threads and disagree with the torch path."""
+    dec = FlowDecoder(_trunk(), 3, native=native)
+    x = torch.randn(2, 2, 16, dtype=torch.float64)
+    dec.step(x[:1], torch.tensor([2]))
+    with pytest.raises(ValueError, match=r"rows must be distinct, got \[1, 1\]"):
+        dec.step(x, torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=r"rows must be in \[0, 3\), got \[0, 3\]"):
+        dec.step(x, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"rows must be distinct, got \[0, 0\]"):
+        dec.reset(torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"rows must be in \[0, 3\), got \[-1\]"):
+        dec.reset(torch.tensor([-1]))
+    assert dec.seen.tolist() == [0, 0, 2]  # nothing ran, nothing was reset
