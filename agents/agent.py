@@ -9,7 +9,10 @@ trainer, the rollout code and the tests treat them alike:
 - ``act(...)`` for users' own loops; ``save(path)`` and :func:`load_agent`.
 
 A saved agent is a folder: ``model.pt`` (a state dict; ``torch.load(weights_only=True)``) and
-``agent.json`` (algo, config, observation/action sizes, env, dataset info).
+``agent.json`` (algo, config, observation/action sizes, env, the observation map, dataset info). The
+observation map (:class:`flowrl.envs.observations.ObservationMap`: a flattened dict layout and/or kept
+dimensions) comes from the training dataset; policies carry it, so rollouts map the live environment's
+observations the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from flowrl.agents.config import CONFIGS, AgentConfig, BCConfig, DecisionTransformerConfig
 from flowrl.agents.models import BCNetwork, DecisionTransformer
+from flowrl.envs.observations import ObservationMap
 from torch import Tensor, nn
 
 from flowrl.errors import InputError, MissingInputError
@@ -41,17 +45,38 @@ class Agent:
     algo: str = ""
     model: nn.Module
 
-    def __init__(self, config: AgentConfig, obs_dim: int, act_dim: int, *, env_name: str | None = None, info=None):
+    def __init__(
+        self,
+        config: AgentConfig,
+        obs_dim: int,
+        act_dim: int,
+        *,
+        env_name: str | None = None,
+        info=None,
+        observation_map: ObservationMap | None = None,
+    ):
         if obs_dim < 1 or act_dim < 1:
             raise ValueError(f"{type(self).__name__}: obs_dim and act_dim must be >= 1, got {obs_dim}, {act_dim}")
         self.config, self.obs_dim, self.act_dim = config, int(obs_dim), int(act_dim)
         self.env_name = env_name
         self.info: dict[str, Any] = dict(info or {})
+        self.observation_map: ObservationMap | None = None
+        self._set_observation_map(observation_map)
+
+    def _set_observation_map(self, obs_map: ObservationMap | None) -> None:
+        if obs_map is not None and obs_map.out_dim not in (None, self.obs_dim):
+            raise InputError(
+                f"observation map gives {obs_map.out_dim} values ({obs_map.describe()}) but the agent takes "
+                f"{self.obs_dim}"
+            )
+        self.observation_map = obs_map
 
     # ----------------------------------------------------------------- data
     def fit_normalization(self, dataset) -> None:
         """Take state statistics (and env name, dataset info) from a TrajectoryDataset."""
         self.check_dataset(dataset)
+        if dataset.observation_map is not None:
+            self._set_observation_map(dataset.observation_map)
         if self.config.normalize_states:
             self.model.normalizer.set(dataset.state_mean, dataset.state_std)
         if dataset.env_name and not self.env_name:
@@ -81,6 +106,12 @@ class Agent:
                 f"dataset has observation/action sizes {dataset.obs_dim}/{dataset.act_dim} but the agent was built "
                 f"for {self.obs_dim}/{self.act_dim}; train a new agent for this dataset"
             )
+        theirs = dataset.observation_map
+        if self.observation_map is not None and theirs is not None and theirs != self.observation_map:
+            raise InputError(
+                f"dataset observations are {theirs.describe()} but the agent's are {self.observation_map.describe()}; "
+                "train a new agent for this dataset"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -105,6 +136,7 @@ class Agent:
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
             "env_name": self.env_name,
+            "observation": None if self.observation_map is None else self.observation_map.to_dict(),
             "info": self.info,
         }
 
@@ -304,8 +336,14 @@ def load_agent(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         if algo not in AGENTS:
             raise InputError(f"unknown algo {algo!r}")
         config = CONFIGS[algo].from_dict(meta["config"])
+        observation = meta.get("observation")
         agent = AGENTS[algo](
-            config, int(meta["obs_dim"]), int(meta["act_dim"]), env_name=meta.get("env_name"), info=meta.get("info")
+            config,
+            int(meta["obs_dim"]),
+            int(meta["act_dim"]),
+            env_name=meta.get("env_name"),
+            info=meta.get("info"),
+            observation_map=None if observation is None else ObservationMap.from_dict(observation),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"checkpoint {folder / AGENT_FILE} is invalid: {e}") from None

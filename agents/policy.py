@@ -41,6 +41,7 @@ class BCPolicy:
 
     def __init__(self, agent):
         self.agent = agent
+        self.observation_map = agent.observation_map  # evaluate() maps the live observations with it
 
     def reset(self, env_mask: np.ndarray, target_return: float | None = None) -> None:
         pass
@@ -65,6 +66,7 @@ class DTPolicy:
         if not 1 <= s <= K:
             raise InputError(f"restart_every must be in [1, context={K}], got {restart_every}")
         self.agent, self.model, self.rollout = agent, agent.model, rollout
+        self.observation_map = agent.observation_map  # evaluate() maps the live observations with it
         self.K = K
         self.recurrent = cfg.attention == "flow"  # window mode: recurrent while the episode fits in K
         self.restart_every = s if rollout == "staggered" else None

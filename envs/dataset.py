@@ -165,6 +165,7 @@ class TrajectoryDataset:
 
         self.metadata = _complete_metadata(meta)
         self.env_name = self.metadata.get("env_name")
+        _check_observation_map(self.metadata, obs.shape[1], where)
         return self
 
     # ------------------------------------------------------------------ sizes
@@ -238,6 +239,14 @@ class TrajectoryDataset:
             out["next_observations"] = nxt
         return out
 
+    @property
+    def observation_map(self):
+        """The :class:`~flowrl.envs.observations.ObservationMap` recorded in the metadata (how an
+        environment observation becomes a row of ``observations``), or None for plain flat data."""
+        from .observations import ObservationMap
+
+        return ObservationMap.from_metadata(self.metadata)
+
     # ------------------------------------------------------------------ reporting
     def normalized_returns(self) -> np.ndarray | None:
         """D4RL-normalized episode returns [E] (float64), or None without reference scores."""
@@ -250,6 +259,7 @@ class TrajectoryDataset:
         """Plain-Python numbers describing the dataset (for ``flowrl datasets info`` and JSON)."""
         ret, lens = self.episode_returns, self.episode_lengths
         norm = self.normalized_returns()
+        obs_map = self.observation_map
         return {
             "source": self.metadata.get("source"),
             "format": self.metadata.get("format"),
@@ -259,6 +269,7 @@ class TrajectoryDataset:
             "episodes": self.num_episodes,
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
+            "observation_map": None if obs_map is None else obs_map.describe(),
             "terminals": int(self.terminals.sum()),
             "timeouts": int(self.timeouts.sum()),
             "return_mean": float(ret.mean()),
@@ -347,6 +358,26 @@ def _mean_std(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     var = sq / n - (shift / n) ** 2
     std = np.sqrt(np.maximum(var, 0.0)) + _STD_FLOOR
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _check_observation_map(meta: dict[str, Any], obs_dim: int, where: str) -> None:
+    """Validate the recorded observation map against the rows and store it in canonical form."""
+    from .observations import METADATA_KEYS, ObservationMap
+
+    try:
+        obs_map = ObservationMap.from_metadata(meta)
+    except ValueError as e:
+        raise InputError(f"{e}{where}") from None
+    if obs_map is None:
+        return
+    if obs_map.out_dim is not None and obs_map.out_dim != obs_dim:
+        raise InputError(
+            f"observations{where} have {obs_dim} columns but the recorded observation map gives "
+            f"{obs_map.out_dim} ({obs_map.describe()})"
+        )
+    for key in METADATA_KEYS:
+        meta.pop(key, None)
+    meta.update(obs_map.to_metadata())
 
 
 def _complete_metadata(meta: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import numpy as np
 
 from flowrl.errors import InputError, MissingInputError
 
+from .observations import ObservationMap, check_env_space, wrap_env
 from .specs import EnvSpec, get_spec, normalized_score
 
 if TYPE_CHECKING:
@@ -69,6 +70,17 @@ class Policy(Protocol):
         their last observation); their actions are ignored. Policies normalize states themselves.
         """
         ...
+
+
+def policy_observation_map(policy: Policy) -> ObservationMap | None:
+    """The observation map a policy was trained with (its ``observation_map`` attribute), if any.
+
+    Agents' policies carry the map stored in their checkpoint, so :func:`evaluate` applies it to the live
+    environments without being told."""
+    obs_map = getattr(policy, "observation_map", None)
+    if obs_map is not None and not isinstance(obs_map, ObservationMap):
+        raise TypeError(f"policy.observation_map must be an ObservationMap or None, got {type(obs_map).__name__}")
+    return obs_map
 
 
 @dataclass
@@ -126,33 +138,69 @@ class EvalResult:
         }
 
 
-def make_env(env: str | EnvSpec, *, max_episode_steps: int | None = None, **kwargs: Any):
+def make_env(
+    env: str | EnvSpec,
+    *,
+    max_episode_steps: int | None = None,
+    observation_map: ObservationMap | None = None,
+    **kwargs: Any,
+):
     """``gymnasium.make`` for an env name / D4RL name / gymnasium id / :class:`EnvSpec`, with the spec's
-    time limit unless ``max_episode_steps`` is given."""
+    time limit unless ``max_episode_steps`` is given. With ``observation_map`` (a dataset's or an agent's
+    ``observation_map``), the environment's observations are mapped to what the model sees
+    (:func:`flowrl.envs.observations.wrap_env`); without it they are left as the environment gives them."""
+    spec = env if isinstance(env, EnvSpec) else get_spec(env)
+    made = _make(spec.gym_id, max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)
+    if observation_map is None:
+        return made
+    try:
+        return wrap_env(made, observation_map)
+    except BaseException:
+        made.close()
+        raise
+
+
+def _make(gym_id: str, **kwargs: Any):
     import gymnasium
 
-    spec = env if isinstance(env, EnvSpec) else get_spec(env)
-    return gymnasium.make(spec.gym_id, max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs)
+    return gymnasium.make(gym_id, **kwargs)
+
+
+def _make_mapped(gym_id: str, obs_map: ObservationMap | None, **kwargs: Any):
+    """A rollout environment: made, then wrapped by ``obs_map`` (dict observations without a map are
+    refused, see :func:`~flowrl.envs.observations.check_env_space`). Module level, so vector envs can
+    pickle it."""
+    env = _make(gym_id, **kwargs)
+    try:
+        return wrap_env(env, obs_map)
+    except BaseException:
+        env.close()
+        raise
 
 
 def check_compatible(dataset: TrajectoryDataset, env: Any) -> None:
     """Raise ValueError unless the dataset's observation/action sizes match the environment's.
 
-    ``env`` is a name / gymnasium id / :class:`EnvSpec` (made and closed here) or a gymnasium env.
+    ``env`` is a name / gymnasium id / :class:`EnvSpec` (made and closed here) or a gymnasium env. The
+    dataset's observation map (dict layout, kept dimensions) must fit the environment's observations, and
+    what it gives must have the dataset's observation size.
     """
     import gymnasium
 
     made = None
     if isinstance(env, (str, EnvSpec)):
         made = env = make_env(env)
+    source = dataset.metadata.get("source") or "dataset"
     try:
-        obs_size = gymnasium.spaces.flatdim(env.observation_space)
-        act_size = gymnasium.spaces.flatdim(env.action_space)
         env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        try:
+            obs_size = check_env_space(dataset.observation_map, env.observation_space, env_id)
+        except ValueError as e:
+            raise InputError(f"{source} does not fit {env_id}: {e}") from None
+        act_size = gymnasium.spaces.flatdim(env.action_space)
     finally:
         if made is not None:
             made.close()
-    source = dataset.metadata.get("source") or "dataset"
     problems = []
     if dataset.obs_dim != obs_size:
         problems.append(f"observations have size {dataset.obs_dim} but {env_id} expects {obs_size}")
@@ -178,6 +226,7 @@ def evaluate(
     video_size: tuple[int, int] = (320, 240),
     env_kwargs: Mapping[str, Any] | None = None,
     workers: int = 1,
+    observation_map: ObservationMap | None = None,
 ) -> list[EvalResult]:
     """Roll out ``policy`` for ``episodes`` episodes per target return, ``num_envs`` environments at once.
 
@@ -200,6 +249,9 @@ def evaluate(
         workers: processes to split the episodes across (see the module doc). Needs the "fork" start
             method (Linux, macOS), a CPU policy and ``vectorization="sync"``, and no video. Each worker
             runs ``ceil(num_envs / workers)`` environments with one torch thread.
+        observation_map: how environment observations become the policy's input (flattened dicts, kept
+            dimensions); default: the policy's own ``observation_map`` (agents' policies carry the one in
+            their checkpoint), else none. Dict-observation environments need one.
 
     Returns:
         One :class:`EvalResult` per target return, in order.
@@ -218,10 +270,11 @@ def evaluate(
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; read when the renderer is made
     n = min(num_envs, episodes)
     limit = max_episode_steps or spec.max_episode_steps
+    obs_map = observation_map if observation_map is not None else policy_observation_map(policy)
     if workers > 1:
-        runner = _Workers(spec.gym_id, n, limit, env_kwargs, workers)
+        runner = _Workers(spec.gym_id, n, limit, env_kwargs, workers, obs_map)
     else:
-        runner = _Runner(spec.gym_id, n, limit, vectorization, video_size if video_path else None, env_kwargs)
+        runner = _Runner(spec.gym_id, n, limit, vectorization, video_size if video_path else None, env_kwargs, obs_map)
     results = []
     try:
         with tqdm(
@@ -263,6 +316,7 @@ class _Runner:
         mode: str,
         video_size: tuple[int, int] | None,
         env_kwargs: Mapping[str, Any] | None = None,
+        obs_map: ObservationMap | None = None,
     ):
         import gymnasium
         from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
@@ -272,7 +326,7 @@ class _Runner:
             kwargs["render_mode"] = "rgb_array"
             if "mujoco" in str(gymnasium.spec(gym_id).entry_point):
                 kwargs.update(width=video_size[0], height=video_size[1])
-        make = functools.partial(gymnasium.make, gym_id, **kwargs)
+        make = functools.partial(_make_mapped, gym_id, obs_map, **kwargs)
         cls = SyncVectorEnv if mode == "sync" else AsyncVectorEnv
         # Autoreset off: we reset finished environments ourselves, each with its episode's seed.
         self.vec = cls([make] * n, autoreset_mode=AutoresetMode.DISABLED)
@@ -387,8 +441,17 @@ def _check_workers(workers: int, episodes: int, vectorization: str, video_path: 
 class _Workers:
     """The episodes split across forked processes, each a :class:`_Runner` over its share (same interface)."""
 
-    def __init__(self, gym_id: str, n: int, limit: int, env_kwargs: Mapping[str, Any] | None, workers: int):
+    def __init__(
+        self,
+        gym_id: str,
+        n: int,
+        limit: int,
+        env_kwargs: Mapping[str, Any] | None,
+        workers: int,
+        obs_map: ObservationMap | None = None,
+    ):
         self.gym_id, self.n, self.limit, self.env_kwargs, self.workers = gym_id, n, limit, env_kwargs, workers
+        self.obs_map = obs_map
         self.ctx = multiprocessing.get_context("fork")
 
     def close(self) -> None:
@@ -409,6 +472,7 @@ class _Workers:
                     min(envs_each, len(share)),
                     self.limit,
                     self.env_kwargs,
+                    self.obs_map,
                     seed + int(share[0]),
                     len(share),
                     target,
@@ -462,13 +526,13 @@ class _QueueBar:
         self.messages.put(("episode", self.w))
 
 
-def _worker_main(messages, w, policy, gym_id, n, limit, env_kwargs, seed, episodes, target) -> None:
+def _worker_main(messages, w, policy, gym_id, n, limit, env_kwargs, obs_map, seed, episodes, target) -> None:
     try:
         torch = sys.modules.get("torch")
         if torch is not None:
             # One thread per worker: the workers share the cores, and a forked OpenMP pool must stay unused.
             torch.set_num_threads(1)
-        runner = _Runner(gym_id, n, limit, "sync", None, env_kwargs)
+        runner = _Runner(gym_id, n, limit, "sync", None, env_kwargs, obs_map)
         try:
             returns, lengths, _ = runner.run(policy, episodes, seed, target, False, _QueueBar(messages, w))
         finally:

@@ -26,6 +26,7 @@ import numpy as np
 from flowrl.errors import InputError, MissingInputError, OutputExistsError
 
 from .dataset import REQUIRED_KEYS, TrajectoryDataset
+from .observations import ObservationMap
 
 __all__ = [
     "read_d4rl_hdf5",
@@ -189,7 +190,7 @@ def write_d4rl_hdf5(
             for key, arr in arrays.items():
                 f.create_dataset(key, data=arr, compression=compression)
             for k, v in attrs.items():
-                f.attrs[k] = v
+                f.attrs[k] = _h5_attr(v)
     return path
 
 
@@ -239,7 +240,22 @@ def _file_attrs(ds: TrajectoryDataset, metadata: Mapping[str, Any] | None) -> di
             continue
         if isinstance(v, (bool, int, float, str, np.integer, np.floating, np.bool_)):
             out[k] = v.item() if isinstance(v, np.generic) else v
+    # The observation map: its list entries (kept dimensions, dict leaf names) stay lists here.
+    obs_map = ObservationMap.from_metadata(merged)
+    if obs_map is not None:
+        out.update(obs_map.to_metadata())
     return out
+
+
+def _h5_attr(value: Any) -> Any:
+    """An attribute value h5py stores: lists become int64 or UTF-8 string arrays."""
+    import h5py
+
+    if not isinstance(value, list):
+        return value
+    if all(isinstance(v, str) for v in value):
+        return np.asarray(value, dtype=h5py.string_dtype())
+    return np.asarray(value, dtype=np.int64)
 
 
 def _check_target(path: Path, overwrite: bool) -> None:

@@ -4,7 +4,9 @@ writing one atomically with :func:`minari.create_dataset_from_buffers`.
 On disk a Minari dataset ``ns/env/name-v0`` is ``<root>/ns/env/name-v0/data/`` holding
 ``metadata.json`` and, for the default HDF5 format, ``main_data.hdf5`` with one group per episode
 (``episode_0``, ...): ``observations`` [T+1, obs_dim] (the reset observation, then one per step),
-``actions`` [T, act_dim], ``rewards`` [T], ``terminations`` [T], ``truncations`` [T].
+``actions`` [T, act_dim], ``rewards`` [T], ``terminations`` [T], ``truncations`` [T]. Dict observations
+(goal environments) are nested groups, one dataset per leaf (``observations/desired_goal/kettle``
+[T+1, 7]); they are flattened into rows by an :class:`~flowrl.envs.observations.ObservationMap`.
 Flattened into D4RL rows, terminations become ``terminals`` and truncations ``timeouts``; the extra last
 observation of each episode becomes ``final_observations``.
 """
@@ -28,6 +30,7 @@ import numpy as np
 from flowrl.errors import InputError, OutputExistsError
 
 from .dataset import TrajectoryDataset
+from .observations import METADATA_KEYS, ObservationMap, dict_keys
 
 __all__ = [
     "minari_root",
@@ -79,8 +82,10 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
     """Load a local Minari dataset directory into a :class:`TrajectoryDataset`.
 
     HDF5-format datasets are read with h5py directly (fast, no jax). Other formats (arrow, parquet) go
-    through ``minari``'s storage reader, which needs their optional dependencies. Only flat (Box)
-    observation and action spaces are supported.
+    through ``minari``'s storage reader, which needs their optional dependencies. Actions must be flat
+    (Box); observations are flat or (nested) dicts, which are flattened into rows by the dataset's
+    :class:`~flowrl.envs.observations.ObservationMap` (recorded in the metadata, or the default key order)
+    and the map is recorded in the returned dataset's metadata.
 
     An episode whose last step has neither flag (recording stopped) gets ``timeouts=True`` there so the
     episode boundary survives flattening — except the dataset's last episode, which is kept as a
@@ -105,14 +110,21 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
     if not episodes:
         raise InputError(f"{data_dir}: empty dataset: the Minari dataset has no episodes")
 
+    obs_map = _observation_map(raw, episodes[0]["observations"], data_dir)
     obs_parts, final, act, rew, term, trunc = [], [], [], [], [], []
     for i, ep in enumerate(episodes):
         t = len(ep["rewards"])
-        o = np.asarray(ep["observations"])
-        if t == 0 or o.shape[0] != t + 1:
-            raise InputError(
-                f"{data_dir}: episode {i} has {o.shape[0]} observations for {t} steps (expected steps + 1)"
-            )
+        o = ep["observations"]
+        rows = _rows(o)
+        if t == 0 or rows != t + 1:
+            raise InputError(f"{data_dir}: episode {i} has {rows} observations for {t} steps (expected steps + 1)")
+        if isinstance(o, Mapping):
+            try:
+                o = obs_map.apply_rows(o, t + 1)
+            except ValueError as e:
+                raise InputError(f"{data_dir}: episode {i}: {e}") from None
+        else:
+            o = np.asarray(o)
         obs_parts.append(o[:-1].reshape(t, -1))
         final.append(o[-1].reshape(-1))
         act.append(np.asarray(ep["actions"]).reshape(t, -1))
@@ -134,6 +146,8 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
     gym_id = _env_id_from_spec(raw.get("env_spec"))
     if gym_id is not None:
         meta.setdefault("gym_id", gym_id)
+    if obs_map is not None:
+        meta.update(obs_map.to_metadata())
     meta.update(dict(metadata or {}))
     meta.update(source=str(data_dir.parent if data_dir.name == "data" else data_dir), format="minari")
     try:
@@ -148,6 +162,35 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
         )
     except ValueError as e:
         raise InputError(f"{data_dir}: {e}") from None
+
+
+def _observation_map(raw: Mapping[str, Any], first_obs: Any, data_dir: Path) -> ObservationMap | None:
+    """How the stored observations become rows: the map recorded in the metadata, else for dict
+    observations the default order (:func:`~flowrl.envs.observations.dict_keys`), else None.
+
+    Flat stored observations are rows already (selected, when ``observation_indices`` is recorded);
+    dict ones are whole environment observations, flattened and selected here by the map."""
+    try:
+        recorded = ObservationMap.from_metadata(raw)
+        if not isinstance(first_obs, Mapping):
+            if recorded is not None and recorded.keys is not None:
+                raise InputError("the metadata records observation_keys but the observations are flat arrays")
+            return recorded
+        if recorded is not None and recorded.keys is not None:
+            return recorded
+        keys, sizes = dict_keys(first_obs, rows=True)
+        indices = None if recorded is None else recorded.indices
+        return ObservationMap(keys=keys, key_sizes=sizes, indices=indices)
+    except ValueError as e:
+        raise InputError(f"{data_dir}: {e}") from None
+
+
+def _rows(obs: Any) -> int:
+    """Leading rows of stored observations (an array, or a dict whose leaves all have them)."""
+    if isinstance(obs, Mapping):
+        counts = {_rows(v) for v in obs.values()}
+        return counts.pop() if len(counts) == 1 else -1
+    return int(np.shape(obs)[0]) if np.ndim(obs) else 0
 
 
 _EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
@@ -171,18 +214,23 @@ def _read_hdf5_episodes(data_dir: Path) -> list[dict[str, np.ndarray]]:
     return episodes
 
 
-def _read_array(f: Any, path: str, file: Path) -> np.ndarray:
+def _read_array(f: Any, path: str, file: Path) -> np.ndarray | dict[str, Any]:
     """Read a whole dataset through h5py's low-level API: about 3x less per-call overhead than
-    ``f[path][()]``, which matters with thousands of short episodes."""
+    ``f[path][()]``, which matters with thousands of short episodes. A group (a dict observation, stored by
+    Minari as nested groups) comes back as a dict of its members."""
     import h5py
 
     try:
         did = h5py.h5d.open(f.id, path.encode())
     except KeyError:
-        if path in f:
-            raise InputError(
-                f"{file}: {path} is a group (dict/tuple space); only flat (Box) spaces are supported"
-            ) from None
+        node = f.get(path)
+        if isinstance(node, h5py.Group):
+            if path.endswith("/actions") or any(k.startswith("_index_") for k in node):
+                raise InputError(
+                    f"{file}: {path} is a dict/tuple space; only flat (Box) actions and Box or dict "
+                    "observations are supported"
+                ) from None
+            return {k: _read_array(f, f"{path}/{k}", file) for k in node}
         raise InputError(f"{file}: {path} is missing") from None
     if did.dtype.kind not in "biuf":
         return f[path][()]
@@ -315,13 +363,16 @@ def write_minari_dataset(
             f"Minari dataset {dataset_id!r} already exists at {target} (pass overwrite=True to replace it)"
         )
 
+    # The observation map goes at the top level of Minari's metadata, where other readers find it too.
+    obs_map = ObservationMap.from_metadata(meta)
+    obs_entries = {} if obs_map is None else obs_map.to_metadata()
     ds = TrajectoryDataset.from_arrays(
         observations,
         actions,
         rewards,
         terminals,
         timeouts,
-        {"source": dataset_id},
+        {"source": dataset_id, **obs_entries},
         next_observations=next_observations,
         final_observations=final_observations,
     )
@@ -357,14 +408,14 @@ def write_minari_dataset(
     else:
         kwargs["env"] = env_id
         meta.setdefault("gym_id", env_id)
-    extra = {k: v for k, v in meta.items() if k not in _RESERVED_KEYS}
+    extra = {k: v for k, v in meta.items() if k not in _RESERVED_KEYS and k not in METADATA_KEYS}
 
     root_dir.mkdir(parents=True, exist_ok=True)
     with _staging_root(root_dir) as stage:
         with _minari_root_env(stage), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Minari warns about optional fields
             dataset = minari.create_dataset_from_buffers(dataset_id, buffers, **kwargs)
-            dataset.storage.update_metadata({**ref, "flowrl_metadata": extra})
+            dataset.storage.update_metadata({**ref, **obs_entries, "flowrl_metadata": extra})
         _copy_namespace_metadata(stage, root_dir, dataset_id)
         built = stage / dataset_id
         target.parent.mkdir(parents=True, exist_ok=True)
