@@ -1,7 +1,7 @@
 """Recurrent inference for a causal Flow-Attention trunk: a few new tokens per call against per-row states.
 
 :class:`FlowDecoder` runs the same maths as ``Flowformer.forward(x, state=..., return_state=True)`` (steps
-1-4 of :mod:`flowrl.ops.flow_attention` continued from carried sums) but is built for the tiny calls of a
+1-4 of :mod:`flowrl.ops.flow` continued from carried sums) but is built for the tiny calls of a
 rollout or a decoding loop, where per-operator overhead, not arithmetic, is the cost:
 
 - the query/key/value projections are one fused product, and q and k stay side by side ([q | k], [B, L, 2C]),
