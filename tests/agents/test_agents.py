@@ -45,6 +45,13 @@ def _weights(agent):
     return {k: v.clone() for k, v in agent.model.state_dict().items()}
 
 
+def _assert_same_weights(got: dict, want: dict) -> None:
+    """The same tensor names, and every tensor bit-identical."""
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert isinstance(got[k], torch.Tensor) and torch.equal(got[k], v), k
+
+
 def test_fit_calls_update_n_times(kind, tiny_data):
     agent = _agent(kind, tiny_data)
     trainer = Trainer(agent, tiny_data, TrainConfig(steps=7, **QUICK), progress=False)
@@ -71,7 +78,9 @@ def test_save_load_identical_actions(kind, tiny_data, tmp_path):
     fit(agent, tiny_data, TrainConfig(steps=3, **QUICK), progress=False)
     agent.save(tmp_path / "agent")
     loaded = load_agent(tmp_path / "agent")
-    assert torch.load(tmp_path / "agent" / "model.pt", weights_only=True)  # plain tensors only
+    saved = torch.load(tmp_path / "agent" / "model.pt", weights_only=True)  # plain tensors only
+    _assert_same_weights(saved, agent.model.state_dict())
+    _assert_same_weights(loaded.model.state_dict(), agent.model.state_dict())
     assert loaded.config == agent.config and loaded.algo == agent.algo
     obs = np.random.default_rng(1).normal(size=(6, 5)).astype(np.float32)
     rtg = np.linspace(10, 5, 6)
@@ -92,10 +101,10 @@ def test_resume_is_bit_identical(kind, tiny_data, tmp_path):
     resumed = _agent(kind, tiny_data, seed=123)  # different init: everything must come from the checkpoint
     out = fit(resumed, tiny_data, TrainConfig(steps=8, **QUICK), tmp_path / "split", resume=True, progress=False)
     assert out["train"]["steps_this_session"] == 3
-    for k, v in full.model.state_dict().items():
-        assert torch.equal(v, resumed.model.state_dict()[k]), k
-    assert torch.equal(
-        load_agent(tmp_path / "split").model.state_dict()[k], load_agent(tmp_path / "full").model.state_dict()[k]
+    _assert_same_weights(resumed.model.state_dict(), full.model.state_dict())
+    # and the checkpoints written at the end of both runs hold the same weights, every tensor of them
+    _assert_same_weights(
+        load_agent(tmp_path / "split").model.state_dict(), load_agent(tmp_path / "full").model.state_dict()
     )
 
 
@@ -255,7 +264,7 @@ def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, eve
 
 
 @pytest.mark.parametrize("rollout", ["window", "staggered", "episode"])
-def test_bfloat16_model_rolls_out(rollout):
+def test_bfloat16_model_rolls_out(rollout, kernel):
     """A model cast to bf16 rolls out in every mode (the recurrent path works in float32) close to its fp32 twin."""
     torch.manual_seed(0)
     cfg = DecisionTransformerConfig(context=4, dim=16, depth=2, heads=2, dropout=0.0)
@@ -273,7 +282,7 @@ def test_bfloat16_model_rolls_out(rollout):
     np.testing.assert_allclose(acts[0], acts[1], atol=0.05)
 
 
-def test_rollout_modes_differ_once_the_window_slides():
+def test_rollout_modes_differ_once_the_window_slides(kernel):
     """Staggered and episode rollouts are real approximations after K steps (and equal before)."""
     torch.manual_seed(0)
     cfg = DecisionTransformerConfig(context=4, dim=16, depth=2, heads=2, dropout=0.0)

@@ -123,7 +123,7 @@ def test_windows_validate_indices(dataset):
         ContextSampler(dataset, 0, reward_scale=1.0, seed=0)
 
 
-def test_transition_sampler_next_states(dataset):
+def test_transition_sampler_next_states(dataset, make_data):
     ds = dataset
     t = TransitionSampler(ds, seed=0, normalize_states=False)
     rows = np.arange(ds.num_transitions)
@@ -133,6 +133,16 @@ def test_transition_sampler_next_states(dataset):
     np.testing.assert_array_equal(batch.terminals, ds.terminals.astype(np.float32))
     s = TransitionSampler(ds, seed=1).sample(32)
     assert s.states.shape == (32, 4) and s.actions.shape == (32, 2) and s.rewards.shape == (32,)
-    np.testing.assert_allclose(s.states.mean(), ((ds.observations - ds.state_mean) / ds.state_std).mean(), atol=0.6)
+    # normalisation with the dataset's statistics, on observations far from mean 0 and std 1 (raw states fail)
+    a = {k: v.copy() for k, v in make_data(lengths=(5, 3, 7), obs_dim=4, act_dim=2).items()}
+    a["observations"] = a["observations"] * 5.0 + 3.0
+    a["next_observations"] = a["next_observations"] * 5.0 + 3.0
+    shifted = TrajectoryDataset.from_arrays(*(a[k] for k in KEYS), next_observations=a["next_observations"])
+    rows = np.arange(shifted.num_transitions)
+    norm = TransitionSampler(shifted, seed=0).transitions(rows)
+    np.testing.assert_allclose(norm.states, (shifted.observations - shifted.state_mean) / shifted.state_std, rtol=1e-6)
+    want_next = (shifted.next_observations() - shifted.state_mean) / shifted.state_std
+    np.testing.assert_allclose(norm.next_states, want_next, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(norm.states.mean(0), 0.0, atol=1e-5)
     no_final = TrajectoryDataset.from_arrays(*(getattr(ds, k) for k in KEYS))
     assert TransitionSampler(no_final, seed=0).sample(4).next_states is None

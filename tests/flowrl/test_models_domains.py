@@ -416,10 +416,14 @@ TINY = ["--steps", "2", "--dim", "16", "--depth", "1", "--heads", "2", "--attent
 
 
 def _check_rows(rows, *keys):
+    """One row per attention, the same model size on both sides (a like-for-like table), and numbers in range."""
     assert [r["attention"] for r in rows] == ["flow", "softmax"]
+    assert rows[0]["params"] == rows[1]["params"] > 0
     for row in rows:
         for key in keys:
             assert row[key] == row[key] and row[key] >= 0  # a number, not NaN
+        if "test_acc" in row:
+            assert row["test_acc"] <= 1.0
 
 
 def test_demo_listops(capsys):

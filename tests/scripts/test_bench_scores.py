@@ -86,8 +86,19 @@ def test_warmup_is_the_recipes_10k_capped_at_a_tenth_of_the_budget():
     assert [bench_scores.dt_warmup(s) for s in (5, 300, 400, 100_000, 500_000)] == [0, 30, 40, 10_000, 10_000]
 
 
-def test_the_real_runner_is_read_for_a_warmup_option():
-    assert isinstance(bench_scores.peer_takes_warmup(), bool)
+def test_the_runner_is_read_for_a_warmup_option(tmp_path, monkeypatch):
+    assert bench_scores.peer_takes_warmup() is True  # the runner shipped beside it has --warmup-steps
+    old = tmp_path / "old_runner.py"  # a runner whose scores command has no such option
+    old.write_text(
+        "import argparse\n"
+        "def _parser():\n"
+        "    p = argparse.ArgumentParser()\n"
+        "    sub = p.add_subparsers(dest='command')\n"
+        "    sub.add_parser('scores').add_argument('--steps')\n"
+        "    return p\n"
+    )
+    monkeypatch.setattr("flowrl.scripts.peers.run.RUNNER", old)
+    assert bench_scores.peer_takes_warmup() is False
 
 
 def test_cells_average_seeds_and_spread_over_seeds_or_the_one_seeds_episodes():
@@ -193,9 +204,9 @@ def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, t
 
     result = json.loads(out.read_text())
     assert result["steps"] == 3 and result["seeds"] == [0, 1]
-    takes = bench_scores.peer_takes_warmup()
-    assert result["warmup_steps"] == {"dt": 0, "d3rlpy": 0 if takes else 10_000, "bc": 0}
-    assert ("warmup_steps" in kw) == takes
+    # the runner takes --warmup-steps (checked above), so d3rlpy warms up as flowrl's DTs do: steps // 10 = 0
+    assert result["warmup_steps"] == {"dt": 0, "d3rlpy": 0, "bc": 0}
+    assert kw["warmup_steps"] == 0
     assert result["datasets"][0]["target_return"] == 3600.0
     runs = {(r["algo"], r["seed"]): r for r in result["runs"]}
     assert set(runs) == {(a, s) for a in bench_scores.ALGOS for s in (0, 1)}
@@ -229,7 +240,7 @@ def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, t
     assert cells["d3rlpy"]["std"] == 0.0
     row = next(line for line in captured.out.splitlines() if line.startswith("| tiny-hopper"))
     assert row.count("(2 seeds)") == 5
-    assert ("d3rlpy DT (warmup 10000)" in captured.out) != takes  # a mismatched warmup shows in the header
+    assert "d3rlpy DT (warmup" not in captured.out  # same warmup as flowrl: no note in the header
     assert all(r["loadavg_1m"] is None or r["loadavg_1m"] >= 0 for r in runs.values())
 
 
@@ -268,8 +279,15 @@ def test_d3rlpy_is_dropped_with_a_warning_without_its_environment(tmp_path, tiny
     assert result["algos"] == ["bc"] and result["warmup_steps"]["d3rlpy"] is None
 
 
-def test_d3rlpy_gets_the_same_warmup_once_its_runner_takes_one(tmp_path, tiny_npz, fake_peer, monkeypatch):
+def test_d3rlpy_gets_the_same_warmup_once_its_runner_takes_one(tmp_path, tiny_npz, fake_peer, monkeypatch, capsys):
     monkeypatch.setattr(bench_scores, "peer_takes_warmup", lambda: True)
     argv = ["--datasets", str(tiny_npz), "--algos", "d3rlpy", "--steps", "40", "--seeds", "1"]
     assert bench_scores.run(_parse([*argv, "--eval-episodes", "1", *TINY])) == 0
     assert fake_peer[0][1]["warmup_steps"] == 4
+    # a runner without the option keeps d3rlpy's fixed 10k warmup, and the run says so
+    monkeypatch.setattr(bench_scores, "peer_takes_warmup", lambda: False)
+    out = tmp_path / "old.json"
+    assert bench_scores.run(_parse([*argv, "--eval-episodes", "1", "--json", str(out), *TINY])) == 0
+    assert "warmup_steps" not in fake_peer[1][1]
+    assert json.loads(out.read_text())["warmup_steps"]["d3rlpy"] == 10_000
+    assert "d3rlpy keeps its 10000-step warmup" in capsys.readouterr().err

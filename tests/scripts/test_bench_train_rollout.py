@@ -12,11 +12,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from flowrl.scripts import bench_rollout, bench_train
+from flowrl.scripts import bench_rollout, bench_train, benchmarking
 from flowrl.scripts.peers import PeerEnvError
 from flowrl.scripts.peers.run import build_runner_command
-
-from flowrl.ops import native
 
 from .conftest import tiny_hopper_dataset
 
@@ -157,10 +155,10 @@ def test_non_hdf5_datasets_reach_d3rlpy_as_a_temporary_d4rl_copy(tmp_path):
 
     hdf5 = _tiny_dataset(tmp_path / "tiny.hdf5")
     ds = load_dataset(hdf5)
-    with bench_train.d4rl_file(hdf5, ds) as path:
+    with benchmarking.d4rl_file(hdf5, ds) as path:
         assert path == hdf5.absolute()  # given as is
     npz = write_npz(tmp_path / "tiny.npz", ds)
-    with bench_train.d4rl_file(npz, ds) as path:
+    with benchmarking.d4rl_file(npz, ds) as path:
         assert path.suffix == ".hdf5" and path.exists()
         copy = load_dataset(path)
         assert copy.num_transitions == ds.num_transitions and copy.num_episodes == ds.num_episodes
@@ -172,9 +170,9 @@ def test_unavailable_peer_drops_its_row(monkeypatch, capsys):
         raise PeerEnvError("no network to the package index\nmore detail")
 
     monkeypatch.setattr("flowrl.scripts.peers.ensure_d3rlpy_venv", fail)
-    assert bench_train.require_peer(["flow", "d3rlpy"]) == ["flow"]
+    assert benchmarking.require_peer(["flow", "d3rlpy"]) == ["flow"]
     assert "no network to the package index" in capsys.readouterr().err
-    assert bench_train.require_peer(["flow"]) == ["flow"]
+    assert benchmarking.require_peer(["flow"]) == ["flow"]
 
 
 def test_full_length_only_for_tasks_that_terminate_early():
@@ -186,7 +184,8 @@ def test_full_length_only_for_tasks_that_terminate_early():
     assert "--no-full-length" in argv
 
 
-def test_bench_rollout_runs_flowrl_vectorized_and_the_peer(tmp_path, fake_peer, capsys):
+def test_bench_rollout_runs_flowrl_vectorized_and_the_peer(tmp_path, fake_peer, capsys, monkeypatch):
+    monkeypatch.setenv("FLOWRL_NATIVE", "0")  # the table and the JSON must report the kernel setting in force
     out = tmp_path / "rollout.json"
     argv = ["--episodes", "3", "--num-envs", "2", "--max-episode-steps", "30", "--json", str(out), *TINY]
     assert bench_rollout.run(_parse(bench_rollout, argv)) == 0
@@ -197,7 +196,8 @@ def test_bench_rollout_runs_flowrl_vectorized_and_the_peer(tmp_path, fake_peer, 
     assert kw["target_return"] == 3600.0 and kw["full_length"] is True and kw["model"] is None
     assert kw["max_episode_steps"] == 30 and kw["threads"] == 1
     result = json.loads(out.read_text())
-    assert result["native_kernel"] == native.status() and f"native decode kernel {native.status()}" in table
+    assert result["native_kernel"] == "off (FLOWRL_NATIVE=0)"
+    assert "native decode kernel off (FLOWRL_NATIVE=0)" in table
     rows = {r["variant"]: r for r in result["rows"]}
     for v in ("flow", "flow-staggered", "flow-episode", "softmax"):
         # full length: no untrained hopper falls over early, every episode runs to the limit
