@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from flowrl.agents.agent import Agent, replace_dir
 
+from flowrl import tiny
 from flowrl.errors import InputError, MissingInputError
 from flowrl.models.config import JsonConfig, atomic_write_text
 
@@ -155,7 +156,8 @@ class Trainer:
         ddp_model: torch.nn.Module | None = None,
         batch_size: int | None = None,
     ):
-        self.agent, self.dataset, self.config = agent, dataset, config
+        self.agent, self.dataset, self.config = agent, dataset, tiny.shrink(config)  # FLOWRL_TINY (flowrl.tiny)
+        config = self.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress, self.rank, self.world_size = progress, rank, world_size
         self.is_main = rank == 0

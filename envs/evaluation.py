@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from flowrl import tiny
 from flowrl.errors import InputError, MissingInputError
 
 from .observations import ObservationMap, check_env_space, wrap_env
@@ -256,6 +257,8 @@ def evaluate(
     Returns:
         One :class:`EvalResult` per target return, in order.
     """
+    # FLOWRL_TINY=1: two short episodes (flowrl.tiny)
+    episodes, max_episode_steps = tiny.cap("episodes", episodes), tiny.cap("max_episode_steps", max_episode_steps)
     from tqdm.auto import tqdm
 
     spec = env if isinstance(env, EnvSpec) else get_spec(env)

@@ -9,7 +9,8 @@ Resolution order (the first that applies wins):
    (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``), ``minari.download_dataset`` when
    ``download=True``;
 4. a flowrl-collected name (``hopper-medium``): the local Minari id ``flowrl/hopper/medium-v0`` (highest
-   local version).
+   local version); the built-in ``hopper-medium`` is generated from the shipped policy when it is missing
+   (:func:`flowrl.envs.collect.ensure_default_dataset`).
 
 Anything else raises ValueError listing what exists locally.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from flowrl.errors import InputError, MissingInputError
 
+from .collect.default_dataset import DEFAULT_DATASETS, ensure_default_dataset
 from .dataset import TrajectoryDataset
 from .io_d4rl import (
     _HDF5_SUFFIXES,
@@ -101,6 +103,8 @@ def load_dataset(spec: str | os.PathLike, *, download: bool = False, base_url: s
     if m is not None:
         dataset_id = f"{FLOWRL_NAMESPACE}/{m.group('env')}/{m.group('level')}"
         local = resolve_minari_id(dataset_id)
+        if local is None and text in DEFAULT_DATASETS:  # built in: made here from the shipped policy, once
+            local = resolve_minari_id(ensure_default_dataset(text))
         if local is not None:
             return read_minari_dir(local, {"dataset_id": local.relative_to(minari_root()).as_posix()})
         raise InputError(

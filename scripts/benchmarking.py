@@ -19,6 +19,8 @@ from pathlib import Path
 from flowrl.scripts.argtypes import positive_int
 from flowrl.scripts.report import table
 
+from flowrl import tiny
+
 __all__ = [
     "add_model_arguments",
     "peer_model_kwargs",
@@ -89,6 +91,9 @@ def require_peer(variants: list[str]) -> list[str]:
     """Make d3rlpy's environment now (before minutes of flowrl timing); without it, drop the d3rlpy row."""
     if "d3rlpy" not in variants:
         return variants
+    if tiny.enabled():  # a tiny run never builds d3rlpy's environment (minutes, and the package index)
+        print("flowrl bench: FLOWRL_TINY is set: the d3rlpy row is left out", file=sys.stderr)
+        return [v for v in variants if v != "d3rlpy"]
     from flowrl.scripts.peers import PeerEnvError, ensure_d3rlpy_venv
 
     try:

@@ -27,6 +27,7 @@ import traceback
 
 from flowrl.scripts.argtypes import UsageError
 
+from flowrl import tiny
 from flowrl.errors import InputError
 
 __all__ = ["UsageError", "main", "build_parser"]
@@ -60,7 +61,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = tiny.shrink(parser.parse_args(argv))  # FLOWRL_TINY=1: every budget a few steps (flowrl.tiny)
     from flowrl.runtime import tune_allocator
 
     tune_allocator()  # fewer page faults in the per-step tensor churn (see flowrl.runtime)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowrl import tiny
 from flowrl.models import FlowformerConfig
 
 Inputs = Mapping[str, Tensor]
@@ -39,6 +40,7 @@ def demo_parser(
 
 def setup(args: argparse.Namespace) -> tuple[str, ...]:
     """Apply ``--threads``; the attention kinds that ``--attention`` asks to compare, in table order."""
+    vars(args).update(vars(tiny.shrink(args)))  # FLOWRL_TINY=1: a few steps on a few examples (flowrl.tiny)
     if args.threads:
         torch.set_num_threads(args.threads)
     return ("flow", "softmax") if args.attention == "both" else (args.attention,)

@@ -12,6 +12,7 @@ from flowrl.envs.collect.levels import DEFAULT_TRANSITIONS
 from flowrl.envs.collect.recording import flat_dims, record, summarize
 from flowrl.envs.collect.writers import check_free_space, dataset_id, estimate_bytes, flowrl_version, write_level
 
+from flowrl import tiny
 from flowrl.errors import InputError
 
 __all__ = ["DEFAULT_DATASETS", "ensure_default_dataset", "export_behavior_policy"]
@@ -96,6 +97,7 @@ def export_behavior_policy(
     from flowrl.envs.specs import get_spec
 
     spec = get_spec(env)
+    transitions, seeds = tiny.cap("transitions", transitions), tuple(seeds)[: tiny.cap("seeds", len(seeds))]
     policy = from_sb3(source)
     obs_dim, act_dim, _, _ = flat_dims(spec)
     if (policy.obs_dim, policy.act_dim) != (obs_dim, act_dim):

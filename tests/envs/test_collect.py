@@ -442,3 +442,25 @@ def test_cli_module_contract():
     S.add_parser(sub)
     args = p.parse_args(["collect", "hopper", "--medium-fraction", "1/4"])
     assert args.run is S.run and args.medium_fraction == 0.25 and args.steps == 300_000
+
+
+def test_load_dataset_builds_the_built_in_dataset_on_first_use(monkeypatch, tmp_path):
+    """The README's quickstart on a fresh machine: load_dataset("hopper-medium") with an empty Minari root."""
+    from flowrl.envs import load_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    real = C.ensure_default_dataset
+    calls = []
+
+    def small(name, **kw):  # the real generation, at 1,000 transitions instead of 100,000
+        calls.append(name)
+        return real(name, **{**kw, "transitions": 1000, "num_envs": 2, "progress": False})
+
+    monkeypatch.setattr("flowrl.envs.collect.default_dataset.ensure_default_dataset", small)
+    monkeypatch.setattr("flowrl.envs.loaders.ensure_default_dataset", small)
+    ds = load_dataset("hopper-medium")
+    assert calls == ["hopper-medium"] and ds.num_transitions == 1000 and ds.obs_dim == 11
+    assert (tmp_path / "flowrl/hopper/medium-v0/data/main_data.hdf5").is_file()
+    assert load_dataset("hopper-medium").num_transitions == 1000 and calls == ["hopper-medium"]  # made once
+    with pytest.raises(ValueError, match="no local dataset 'hopper-expert'"):
+        load_dataset("hopper-expert")  # not built in: made by flowrl collect, never on the fly
