@@ -33,6 +33,7 @@ from flowrl.envs.collect.recording import (
 from flowrl.envs.collect.training import RUN_FILE, BehaviorTrainingConfig, load_model, train_behavior
 from flowrl.envs.collect.writers import check_free_space, dataset_id, estimate_bytes, flowrl_version, write_level
 
+from flowrl import tiny
 from flowrl.errors import InputError, OutputExistsError
 
 __all__ = ["CollectConfig", "collect", "collect_from_policy", "default_run_dir"]
@@ -124,6 +125,7 @@ def collect(
     from flowrl.envs.minari_io import minari_root
     from flowrl.envs.specs import get_spec
 
+    cfg = tiny.shrink(cfg)  # FLOWRL_TINY=1: a few SB3 steps, a few hundred transitions (flowrl.tiny)
     spec = get_spec(cfg.env)
     obs_dim, act_dim, low, high = flat_dims(spec)
     ids = {lv: dataset_id(cfg.env, lv) for lv in cfg.levels}
@@ -153,7 +155,11 @@ def collect(
             run_dir, n_ckpt * ckpt_bytes + estimate_bytes(cfg.steps, 2 * obs_dim, act_dim), "the training run"
         )
 
-    state, medium_ck, final_ck, policies = None, None, None, {}
+    state: dict[str, Any] | None = None
+    medium_ck: dict[str, Any] = {}
+    final_ck: dict[str, Any] = {}
+    policies: dict[str, Any] = {}
+    ckpts: list[dict[str, Any]] = []
     if needs_policy:
         train_cfg = BehaviorTrainingConfig(**{f.name: getattr(cfg, f.name) for f in fields(BehaviorTrainingConfig)})
         state = train_behavior(train_cfg, run_dir, progress=progress, on_checkpoint=on_checkpoint, command=command)
@@ -219,9 +225,9 @@ def collect(
             medium_rule=cfg.medium_rule,
             expert_rule=cfg.expert_rule,
         )
-    recorded: dict[str, dict[str, Any]] = {}
+    recorded: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
-    def get(level: str) -> dict[str, Any]:
+    def get(level: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if level not in recorded:
             if level == "random":
                 arr = record(
@@ -233,7 +239,7 @@ def collect(
                     progress=progress,
                     desc="record random",
                 )
-                meta = {"algorithm_name": "uniform random actions", "policy": "uniform random"}
+                meta: dict[str, Any] = {"algorithm_name": "uniform random actions", "policy": "uniform random"}
             elif level in POLICY_LEVELS:
                 ck = medium_ck if level == "medium" else final_ck
                 arr = record(
@@ -312,6 +318,7 @@ def collect_from_policy(
     from flowrl.envs.specs import get_spec
 
     spec = get_spec(env)
+    transitions = tiny.cap("transitions", transitions)  # FLOWRL_TINY (flowrl.tiny)
     if level not in POLICY_LEVELS:
         if level in LEVELS:
             raise InputError(

@@ -119,7 +119,8 @@ def _record(spec, transitions, policy, *, deterministic, seed, num_envs, progres
     )
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    low, high = venv.single_action_space.low, venv.single_action_space.high
+    space: Any = venv.single_action_space  # a Box: checked when the policy was matched to the env
+    low, high = space.low, space.high
     if policy is None and not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise InputError(f"{spec.gym_id} has an unbounded action space; uniform random actions are undefined")
     keys = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
@@ -139,8 +140,8 @@ def _record(spec, transitions, policy, *, deterministic, seed, num_envs, progres
             nxt, rew, term, trunc, info = venv.step(act)
             final = nxt.copy()
             if "_final_obs" in info:
-                for i in np.flatnonzero(info["_final_obs"]):
-                    final[i] = info["final_obs"][i]
+                for j in np.flatnonzero(info["_final_obs"]):
+                    final[j] = info["final_obs"][j]
             running += rew
             for i in range(num_envs):
                 if count[i] >= budget[i]:
@@ -213,7 +214,8 @@ def _measure(spec, policy, episodes, *, deterministic, seed, num_envs, progress,
     )
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    low, high = venv.single_action_space.low, venv.single_action_space.high
+    space: Any = venv.single_action_space  # a Box: checked when the policy was matched to the env
+    low, high = space.low, space.high
     # Copy i plays episodes i, i + num_envs, ...: a fixed assignment, so the result does not depend on timing.
     quota = [len(range(i, episodes, num_envs)) for i in range(num_envs)]
     returns: list[list[float]] = [[] for _ in range(num_envs)]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from flowrl.envs.collect.recording import make_env, one_torch_thread, progress_bar
 
+from flowrl import tiny
 from flowrl.errors import InputError, MissingInputError
 
 __all__ = [
@@ -66,7 +67,8 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 def _atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
     try:
-        np.savez(tmp, **arrays)
+        named: dict[str, Any] = dict(arrays)
+        np.savez(tmp, **named)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -112,7 +114,7 @@ class BehaviorTrainingConfig:
 def _make_model(cfg: BehaviorTrainingConfig, env, buffer_size: int):
     from stable_baselines3 import SAC, TD3
 
-    kw = {
+    kw: dict[str, Any] = {
         "buffer_size": buffer_size,
         "seed": cfg.seed,
         "device": cfg.device,
@@ -198,6 +200,7 @@ def train_behavior(
     """
     from flowrl.envs.specs import get_spec
 
+    cfg = tiny.shrink(cfg)  # FLOWRL_TINY=1: a few SB3 steps (flowrl.tiny)
     spec = get_spec(cfg.env)
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
