@@ -382,9 +382,17 @@ def _check_observation_map(meta: dict[str, Any], obs_dim: int, where: str) -> No
 
 def _complete_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     """Fill ``env_name`` and, from the env spec, missing reference scores; keep everything given."""
-    from .specs import SPECS, get_spec
+    from .specs import SPECS, get_spec, suite_task
 
     env_name = meta.get("env_name")
+    if env_name is None:
+        # D4RL's goal and manipulation suites: the dataset name says the task (which maze, which Kitchen
+        # tasks); the gymnasium id only where it names the same task (it may carry another version).
+        task = next((suite_task(n) for k in ("dataset_name", "dataset_id") if isinstance(n := meta.get(k), str)), None)
+        if task is not None:
+            gid = meta.get("gym_id")
+            same = isinstance(gid, str) and _gym_like(gid) and suite_task(gid) == task
+            env_name = gid if same else task
     if env_name is None:
         for key in ("gym_id", "env_id"):
             gid = meta.get(key)

@@ -31,6 +31,7 @@ from flowrl.errors import InputError, OutputExistsError
 
 from .dataset import TrajectoryDataset
 from .observations import METADATA_KEYS, ObservationMap, dict_keys
+from .specs import suite_task
 
 __all__ = [
     "minari_root",
@@ -148,6 +149,8 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
         meta.setdefault("gym_id", gym_id)
     if obs_map is not None:
         meta.update(obs_map.to_metadata())
+    if not isinstance(extra, dict):
+        _keep_minari_references(meta)
     meta.update(dict(metadata or {}))
     meta.update(source=str(data_dir.parent if data_dir.name == "data" else data_dir), format="minari")
     try:
@@ -162,6 +165,20 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
         )
     except ValueError as e:
         raise InputError(f"{data_dir}: {e}") from None
+
+
+def _keep_minari_references(meta: dict[str, Any]) -> None:
+    """For D4RL's goal and manipulation suites, Minari computes reference scores in its own evaluation
+    environment (``eval_env_spec``: e.g. a continuing AntMaze whose return is not 0/1), while flowrl
+    evaluates in its spec's environment (:mod:`flowrl.envs.specs`) with D4RL's references; Minari's are
+    kept as ``minari_ref_min_score``/``minari_ref_max_score`` so that they do not normalize flowrl's returns.
+    Datasets flowrl wrote itself (``flowrl_metadata``) keep theirs."""
+    name = meta.get("dataset_id")
+    if not isinstance(name, str) or suite_task(name) is None:
+        return
+    for key in ("ref_min_score", "ref_max_score"):
+        if key in meta:
+            meta[f"minari_{key}"] = meta.pop(key)
 
 
 def _observation_map(raw: Mapping[str, Any], first_obs: Any, data_dir: Path) -> ObservationMap | None:

@@ -26,18 +26,23 @@ def _fmt(x: Any) -> str:
 
 
 def eval_table(results: Sequence[dict[str, Any]]) -> str:
-    """One row per target return: raw and D4RL-normalized return (mean ± std), episode length."""
+    """One row per target return: raw and D4RL-normalized return (mean ± std), the success rate (where the
+    environment reports success), episode length."""
+    with_success = any(r.get("success_rate") is not None for r in results)
     rows = []
     for r in results:
         norm = "-" if r.get("normalized_mean") is None else f"{r['normalized_mean']:.1f} ± {r['normalized_std']:.1f}"
+        rate = r.get("success_rate")
         rows.append(
             [
                 "-" if r["target_return"] is None else f"{r['target_return']:g}",
                 r["episodes"],
                 f"{r['return_mean']:.1f} ± {r['return_std']:.1f}",
                 norm,
+                *([("-" if rate is None else f"{100 * rate:.0f}%")] if with_success else []),
                 f"{r['length_mean']:.0f}",
                 f"{r['seconds']:.1f}",
             ]
         )
-    return table(["target return", "episodes", "return", "normalized score", "length", "seconds"], rows)
+    headers = ["target return", "episodes", "return", "normalized score", "success", "length", "seconds"]
+    return table([h for h in headers if with_success or h != "success"], rows)

@@ -1,0 +1,98 @@
+"""Making environments: :func:`make_env` (a spec's evaluation environment, time limit and observation
+map) and :func:`check_compatible` (does a dataset fit an environment?).
+
+gymnasium-robotics ids are registered on demand, and Kitchen gets flowrl's fix
+(:mod:`flowrl.envs.robotics`); a spec's settings (a maze's fixed goal, Kitchen's tasks) come from
+:meth:`EnvSpec.make_kwargs`, under any keyword arguments the caller gives.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flowrl.errors import InputError
+
+from .observations import ObservationMap, check_env_space, wrap_env
+from .robotics import make_robotics_env, needs_robotics
+from .specs import EnvSpec, get_spec
+
+if TYPE_CHECKING:
+    from .dataset import TrajectoryDataset
+
+__all__ = ["make_env", "make_rollout_env", "check_compatible"]
+
+
+def make_env(
+    env: str | EnvSpec,
+    *,
+    max_episode_steps: int | None = None,
+    observation_map: ObservationMap | None = None,
+    **kwargs: Any,
+):
+    """``gymnasium.make`` for an env name / D4RL name / gymnasium id / :class:`EnvSpec`, with the spec's
+    time limit unless ``max_episode_steps`` is given and the spec's evaluation settings
+    (:meth:`EnvSpec.make_kwargs`) under ``kwargs``. With ``observation_map`` (a dataset's or an agent's
+    ``observation_map``), the environment's observations are mapped to what the model sees
+    (:func:`flowrl.envs.observations.wrap_env`); without it they are left as the environment gives them."""
+    spec = env if isinstance(env, EnvSpec) else get_spec(env)
+    limit = max_episode_steps or spec.max_episode_steps
+    made = _make(spec.gym_id, max_episode_steps=limit, **{**spec.make_kwargs(), **kwargs})
+    if observation_map is None:
+        return made
+    try:
+        return wrap_env(made, observation_map)
+    except BaseException:
+        made.close()
+        raise
+
+
+def _make(gym_id: str, **kwargs: Any):
+    import gymnasium
+
+    if needs_robotics(gym_id):  # registered on demand; Kitchen with flowrl's fix (see flowrl.envs.robotics)
+        return make_robotics_env(gym_id, **kwargs)
+    return gymnasium.make(gym_id, **kwargs)
+
+
+def make_rollout_env(gym_id: str, obs_map: ObservationMap | None, **kwargs: Any):
+    """A rollout environment: made, then wrapped by ``obs_map`` (dict observations without a map are
+    refused, see :func:`~flowrl.envs.observations.check_env_space`). Module level, so vector envs can
+    pickle it."""
+    env = _make(gym_id, **kwargs)
+    try:
+        return wrap_env(env, obs_map)
+    except BaseException:
+        env.close()
+        raise
+
+
+def check_compatible(dataset: TrajectoryDataset, env: Any) -> None:
+    """Raise ValueError unless the dataset's observation/action sizes match the environment's.
+
+    ``env`` is a name / gymnasium id / :class:`EnvSpec` (made and closed here) or a gymnasium env. The
+    dataset's observation map (dict layout, kept dimensions) must fit the environment's observations, and
+    what it gives must have the dataset's observation size.
+    """
+    import gymnasium
+
+    made = None
+    if isinstance(env, (str, EnvSpec)):
+        made = env = make_env(env)
+    source = dataset.metadata.get("source") or "dataset"
+    try:
+        env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        try:
+            obs_size = check_env_space(dataset.observation_map, env.observation_space, env_id)
+        except ValueError as e:
+            raise InputError(f"{source} does not fit {env_id}: {e}") from None
+        act_size = gymnasium.spaces.flatdim(env.action_space)
+    finally:
+        if made is not None:
+            made.close()
+    problems = []
+    if dataset.obs_dim != obs_size:
+        problems.append(f"observations have size {dataset.obs_dim} but {env_id} expects {obs_size}")
+    if dataset.act_dim != act_size:
+        problems.append(f"actions have size {dataset.act_dim} but {env_id} expects {act_size}")
+    if problems:
+        raise InputError(f"{source} does not fit {env_id}: " + "; ".join(problems))

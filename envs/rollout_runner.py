@@ -1,0 +1,148 @@
+"""Stepping N environments for :func:`flowrl.envs.evaluate` (one process): per-episode seeds, returns,
+lengths and success, and the frames of a recorded episode (see :mod:`flowrl.envs.evaluation` for why
+the environments are stepped one by one in "sync" mode)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .environment import make_rollout_env
+from .observations import ObservationMap
+from .robotics import ensure_registered, needs_robotics
+from .specs import EnvSpec
+from .success import SuccessTracker
+
+if TYPE_CHECKING:
+    from .evaluation import Policy
+
+__all__ = ["Runner"]
+
+
+class Runner:
+    """N environments with per-episode seeds; steps only the active ones in "sync" mode."""
+
+    def __init__(
+        self,
+        spec: EnvSpec,
+        n: int,
+        limit: int,
+        mode: str,
+        video_size: tuple[int, int] | None,
+        env_kwargs: Mapping[str, Any] | None = None,
+        obs_map: ObservationMap | None = None,
+    ):
+        import gymnasium
+        from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+        gym_id = spec.gym_id
+        kwargs: dict[str, Any] = {**dict(env_kwargs or {}), "max_episode_steps": limit}
+        if video_size is not None:
+            kwargs["render_mode"] = "rgb_array"
+            ensure_registered(gym_id)
+            if "mujoco" in str(gymnasium.spec(gym_id).entry_point) or needs_robotics(gym_id):
+                kwargs.update(width=video_size[0], height=video_size[1])
+        make = functools.partial(make_rollout_env, gym_id, obs_map, **kwargs)
+        cls = SyncVectorEnv if mode == "sync" else AsyncVectorEnv
+        # Autoreset off: we reset finished environments ourselves, each with its episode's seed.
+        self.vec = cls([make] * n, autoreset_mode=AutoresetMode.DISABLED)
+        self.mode = mode
+        self.n = n
+        self.act_shape = (n, *self.vec.single_action_space.shape)
+        self.success = SuccessTracker(spec, n, env_kwargs)
+
+    def close(self) -> None:
+        self.vec.close()
+
+    def _reset(self, mask: np.ndarray, seeds: list[int | None], obs: np.ndarray) -> None:
+        if self.mode == "sync":
+            for j in np.flatnonzero(mask):
+                o, _ = self.vec.envs[j].reset(seed=seeds[j])
+                obs[j] = o
+        else:
+            o, _ = self.vec.reset(seed=seeds, options={"reset_mask": mask})
+            obs[mask] = o[mask]
+
+    def _step(self, actions: np.ndarray, active: np.ndarray, obs: np.ndarray):
+        """Step; returns rewards [n] and done [n] (0/False for inactive envs), updates ``obs`` in place."""
+        rewards = np.zeros(self.n, dtype=np.float64)
+        done = np.zeros(self.n, dtype=bool)
+        if self.mode == "sync":
+            for j in np.flatnonzero(active):
+                o, r, term, trunc, info = self.vec.envs[j].step(actions[j])
+                obs[j] = o
+                rewards[j] = r
+                done[j] = term or trunc
+                self.success.update(j, info)
+        else:
+            o, r, term, trunc, infos = self.vec.step(actions)
+            self.success.update_vector(infos, active)
+            obs[active] = o[active]
+            rewards[active] = r[active]
+            done[active] = (term | trunc)[active]
+            # Idle environments are stepped too (AsyncVectorEnv steps all); ones that end must be reset
+            # before the next step, with any seed since their episodes are not recorded.
+            idle_done = ~active & (term | trunc)
+            if idle_done.any():
+                self.vec.reset(options={"reset_mask": idle_done})
+        return rewards, done
+
+    def run(self, policy: Policy, episodes: int, seed: int, target: float | None, record: bool, bar):
+        """Returns per-episode returns float64 [episodes], lengths int64 [episodes], success bool
+        [episodes] (None without a success rule) and the recorded frames."""
+        n = self.n
+        returns = np.zeros(episodes, dtype=np.float64)
+        lengths = np.zeros(episodes, dtype=np.int64)
+        success = np.zeros(episodes, dtype=bool)
+        episode_of_env = np.arange(n)
+        next_episode = n
+        obs = np.zeros((n, *self.vec.single_observation_space.shape), dtype=np.float64)
+        all_envs = np.ones(n, dtype=bool)
+        self._reset(all_envs, [seed + j for j in range(n)], obs)
+        self.success.reset(all_envs)
+        policy.reset(all_envs.copy(), target)
+        active = all_envs.copy()
+        ep_return = np.zeros(n, dtype=np.float64)
+        ep_length = np.zeros(n, dtype=np.int64)
+        last_rewards = np.zeros(n, dtype=np.float32)
+        frames = [self.vec.envs[0].render()] if record else []
+        recording = record
+
+        while active.any():
+            actions = np.asarray(policy.act(obs.astype(np.float32), last_rewards))
+            if actions.shape != self.act_shape:
+                raise ValueError(f"policy.act returned shape {actions.shape}, expected {self.act_shape}")
+            rewards, done = self._step(actions, active, obs)
+            ep_return[active] += rewards[active]
+            ep_length[active] += 1
+            last_rewards = rewards.astype(np.float32)
+            if recording:
+                frames.append(self.vec.envs[0].render())
+                recording = not done[0]
+            if not done.any():
+                continue
+            restart = np.zeros(n, dtype=bool)
+            seeds: list[int | None] = [None] * n
+            for j in np.flatnonzero(done):
+                returns[episode_of_env[j]] = ep_return[j]
+                lengths[episode_of_env[j]] = ep_length[j]
+                success[episode_of_env[j]] = self.success.succeeded(j)
+                bar.update(1)
+                if next_episode < episodes:
+                    episode_of_env[j] = next_episode
+                    seeds[j] = seed + next_episode
+                    restart[j] = True
+                    next_episode += 1
+                else:
+                    active[j] = False
+            if restart.any():
+                self._reset(restart, seeds, obs)
+                self.success.reset(restart)
+                ep_return[restart] = 0.0
+                ep_length[restart] = 0
+                last_rewards[restart] = 0.0
+                policy.reset(restart, target)
+        return returns, lengths, success if self.success.enabled else None, frames
