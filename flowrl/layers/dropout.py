@@ -14,7 +14,7 @@ is at least ``round(p * 65536)`` (the drop probability is ``p`` rounded to a mul
   multiplied in torch operators.
 
 Either way ``torch.manual_seed`` makes masks reproducible and saving torch's RNG state (as the trainer does)
-makes resumes exact. Other devices use ``F.dropout`` (already fused).
+makes resumes exact. Other devices, and graphs traced by ``torch.compile``, use ``F.dropout`` (already fused).
 
 Example::
 
@@ -54,7 +54,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():  # compiled graphs: a traceable fused dropout
         return F.dropout(x, p, True)
     kernel = _native_kernel(x.dtype)
     if kernel is not None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowrl.ops.flow.chunk import CausalChunked, auto_chunk, causal_forward
-from flowrl.ops.flow.noncausal import NonCausal, noncausal_forward
+from flowrl.ops.flow.chunk import auto_chunk
+from flowrl.ops.flow.ops import SUPPORTED_DTYPES, flow_causal, flow_causal_step, flow_noncausal, torch_causal_step
 from flowrl.ops.flow.precision import no_autocast, value_dtype, work_dtype
-from flowrl.ops.flow.recurrent import SHORT_STEP, recurrent_step, short_step
 from flowrl.ops.flow.scan import causal_scan
-from flowrl.ops.flow.state import MAX_CLAMP, FlowState, check_state, shape_error
+from flowrl.ops.flow.state import MAX_CLAMP, FlowState, check_state, shape_error, updates_in_place
 
 __all__ = ["flow_attention"]
 
@@ -27,6 +26,17 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise shape_error("v", v.shape, f"[{B}, {H}, {S}, M] to match k {tuple(k.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"flow_attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+    if q.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        raise ValueError(f"flow_attention: q, k, v have dtype {q.dtype}; supported: {names}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"flow_attention: q, k, v are on different devices ({q.device}, {k.device}, {v.device})")
+
+
+def _check_on(device: torch.device, what: str, tensors) -> None:
+    for x in tensors:
+        if x is not None and x.device != device:
+            raise ValueError(f"flow_attention: {what} is on {x.device} but q, k, v are on {device}")
 
 
 def flow_attention(
@@ -91,6 +101,7 @@ def flow_attention(
             )
         if state is not None:
             check_state(state, B, H, D, M)
+            _check_on(q.device, "state", state)
         if L == 0:  # an empty continuation changes nothing
             y = v.new_zeros(B, H, 0, M).to(out_dtype)
             if state is None:
@@ -111,28 +122,26 @@ def flow_attention(
                 f"flow_attention: {name} has shape {tuple(mask.shape)} and dtype {mask.dtype}, "
                 f"expected a bool tensor of shape {(B, n)} (True = padding)"
             )
+        _check_on(q.device, name, (mask,))
     with no_autocast(q.device.type):
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return NonCausal.apply(q, k, v, eps, clamp, key_padding_mask, query_padding_mask)
-        y, _ = noncausal_forward(q, k, v, eps, clamp, key_padding_mask, query_padding_mask, work, False)
-        return y.to(out_dtype)
+        return flow_noncausal(q, k, v, key_padding_mask, query_padding_mask, eps, clamp)
 
 
 def causal_dispatch(q, k, v, eps, clamp, state, return_state, chunk, work, lowp=None):
-    """Fast forward (+ hand-written backward) unless gradients must flow through a carried state."""
+    """The causal code path: the chunked op (gradients into q, k, v; a given state is a constant), the step op
+    (no gradients, a state to continue or to return), or autograd through the scans (gradients into or out
+    of a carried state). Returns (y, new state or None)."""
     state_grad = state is not None and any(x.requires_grad for x in state)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or state_grad)
-    if not needs_grad:
-        if state is not None and q.shape[2] == 1:  # recurrent decoding: one token, few small ops
-            y, new_state = recurrent_step(q, k, v, eps, clamp, state, work)
-            return y, (new_state if return_state else None)
-        if state is not None and q.shape[2] <= SHORT_STEP:  # a few tokens (a DT rollout step): the same
-            y, new_state = short_step(q, k, v, eps, clamp, state, work)
-            return y, (new_state if return_state else None)
-        y, new_state, _ = causal_forward(q, k, v, eps, clamp, state, chunk, work, return_state, False, lowp)
-        return y, new_state
+    if not needs_grad and (state is not None or return_state):
+        if updates_in_place():  # rollouts and decoding, eagerly: the state's D×M matrix is updated in place
+            y, new_state = torch_causal_step(q, k, v, state, eps, clamp, chunk)
+        else:
+            y, *fields = flow_causal_step(q, k, v, list(state) if state is not None else [], eps, clamp, chunk)
+            new_state = FlowState(*fields)
+        return y, (new_state if return_state else None)
     if not (return_state or state_grad):
-        return CausalChunked.apply(q, k, v, eps, clamp, chunk, state, lowp), None
+        return flow_causal(q, k, v, list(state) if state is not None else [], eps, clamp, chunk, lowp), None
     # Gradients into or out of a state: plain autograd through the scan form.
     q, k, v = (x.to(work) for x in (q, k, v))
     return causal_scan(torch.sigmoid(q), torch.sigmoid(k), v, eps, clamp, state, return_state, chunk)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowrl.ops.flow.precision import no_autocast, work_dtype
 from flowrl.ops.flow.state import FlowState, updates_in_place
 
-__all__ = ["DEFAULT_CHUNK", "auto_chunk", "chunk_len", "causal_forward", "causal_backward", "CausalChunked"]
+__all__ = ["DEFAULT_CHUNK", "auto_chunk", "chunk_len", "causal_forward", "causal_backward"]
 
 DEFAULT_CHUNK = 64
 
@@ -318,22 +317,3 @@ def causal_backward(gy, saved, eps, clamp, L, C):
     gK = torch.ops.aten.sigmoid_backward.grad_input(gk, qk[1], grad_input=gk)[:, :, :L]
     gV = gvp.mul_(comp[..., None])[:, :, :L]
     return gQ, gK, gV
-
-
-class CausalChunked(torch.autograd.Function):
-    """Causal flow attention on raw q, k, v with the hand-written backward above; state is a constant."""
-
-    @staticmethod
-    def forward(ctx, Q, K, V, eps, clamp, chunk, state, lowp):
-        work = work_dtype(Q.dtype)
-        y, _, saved = causal_forward(Q, K, V, eps, clamp, state, chunk, work, False, True, lowp)
-        ctx.saved = saved
-        ctx.meta = (eps, clamp, Q.shape[2], chunk_len(Q.shape[2], chunk), (Q.dtype, K.dtype, V.dtype))
-        return y.to(Q.dtype)
-
-    @staticmethod
-    def backward(ctx, gy):
-        eps, clamp, L, C, dtypes = ctx.meta
-        with no_autocast(gy.device.type):
-            gQ, gK, gV = causal_backward(gy, ctx.saved, eps, clamp, L, C)
-        return gQ.to(dtypes[0]), gK.to(dtypes[1]), gV.to(dtypes[2]), None, None, None, None, None

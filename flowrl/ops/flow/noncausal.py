@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from flowrl.ops.flow.precision import no_autocast, work_dtype
-
-__all__ = ["noncausal_forward", "noncausal_backward", "NonCausal"]
+__all__ = ["noncausal_forward", "noncausal_backward"]
 
 # ---------------------------------------------------------------------------------------------------------
 # Fast non-causal path: the same expansion of the ε products turns every normaliser into a (2, D) @ (D, L)
@@ -86,24 +84,3 @@ def noncausal_backward(gy, saved, eps, clamp):
     gK = torch.ops.aten.sigmoid_backward.grad_input(gk, k, grad_input=gk)
     gV = gvp.mul_(comp[..., None])
     return gQ, gK, gV
-
-
-class NonCausal(torch.autograd.Function):
-    """Non-causal flow attention on raw q, k, v with the hand-written backward above."""
-
-    @staticmethod
-    def forward(ctx, Q, K, V, eps, clamp, key_padding_mask, query_padding_mask):
-        work = work_dtype(Q.dtype)
-        y, saved = noncausal_forward(Q, K, V, eps, clamp, key_padding_mask, query_padding_mask, work, True)
-        ctx.save_for_backward(V)  # an input: saved the checked way (an in-place change of v raises)
-        ctx.saved = saved[:2] + (None,) + saved[3:]
-        ctx.meta = (eps, clamp, (Q.dtype, K.dtype, V.dtype))
-        return y.to(Q.dtype)
-
-    @staticmethod
-    def backward(ctx, gy):
-        eps, clamp, dtypes = ctx.meta
-        with no_autocast(gy.device.type):
-            saved = ctx.saved[:2] + ctx.saved_tensors + ctx.saved[3:]
-            gQ, gK, gV = noncausal_backward(gy, saved, eps, clamp)
-        return gQ.to(dtypes[0]), gK.to(dtypes[1]), gV.to(dtypes[2]), None, None, None, None
