@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from flowrl.agents.models import BCNetwork, DecisionTransformer
 from flowrl.envs.observations import ObservationMap
 from torch import Tensor, nn
 
+from flowrl import atomic
 from flowrl.errors import InputError, MissingInputError
 
 __all__ = ["Agent", "DTAgent", "BCAgent", "make_agent", "load_agent", "MODEL_FILE", "AGENT_FILE"]
@@ -141,33 +140,18 @@ class Agent:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``model.pt`` + ``agent.json`` into the folder ``path`` atomically (temp folder, rename)."""
+        """Write ``model.pt`` + ``agent.json`` into the folder ``path`` atomically (an existing folder is
+        replaced once the new one is complete)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic.atomic_dir(path, replace=True) as tmp:
             self.write_into(tmp)
-            replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     def write_into(self, folder: Path) -> None:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         torch.save(state, folder / MODEL_FILE)
         (folder / AGENT_FILE).write_text(json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move folder ``src`` to ``dst``; an existing ``dst`` is swapped out only after ``src`` is complete."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 class DTAgent(Agent):

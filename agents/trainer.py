@@ -17,11 +17,9 @@ and the step counter, so on CPU the final weights equal an uninterrupted run's b
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from flowrl.agents.agent import Agent, replace_dir
+from flowrl.agents.agent import Agent
 
-from flowrl import tiny
+from flowrl import atomic, tiny
 from flowrl.errors import InputError, MissingInputError
-from flowrl.models.config import JsonConfig, atomic_write_text
+from flowrl.models.config import JsonConfig
 
 __all__ = ["TrainConfig", "Trainer", "fit", "pick_device"]
 
@@ -352,15 +350,10 @@ class Trainer:
         final = root / name
         if final.exists():
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
+        with atomic.atomic_dir(final) as tmp:
             self.agent.write_into(tmp)
             torch.save(self.trainer_state(), tmp / TRAINER_FILE)
-            replace_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        atomic_write_text(root / "latest", name + "\n")
+        atomic.write_text(root / "latest", name + "\n")
         old = sorted(p for p in root.glob("step_*") if p.is_dir())[: -self.config.keep_checkpoints]
         for p in old:
             shutil.rmtree(p, ignore_errors=True)
@@ -422,7 +415,7 @@ class Trainer:
             "dataset": self.config.extra.get("dataset"),
             **results,
         }
-        atomic_write_text(self.run_dir / "results.json", json.dumps(payload, indent=2, default=_jsonable) + "\n")
+        atomic.write_json(self.run_dir / "results.json", json_safe(payload))
 
     def _plot(self) -> None:
         try:
@@ -445,19 +438,25 @@ class Trainer:
             axes[1].set(ylabel="return")
         axes[1].set(xlabel="update step", title="evaluation (best target)")
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=self.run_dir)
-        os.close(fd)
-        fig.savefig(tmp, dpi=100)
+        with atomic.atomic_path(self.run_dir / "learning_curve.png") as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
-        os.replace(tmp, self.run_dir / "learning_curve.png")
 
 
-def _jsonable(x):
+def json_safe(x: Any) -> Any:
+    """``x`` with numpy values as Python ones and NaN/infinity as ``None``: JSON has no NaN, and a results
+    file must parse with any reader."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
     if isinstance(x, np.ndarray):
-        return x.tolist()
+        return json_safe(x.tolist())
     if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def fit(

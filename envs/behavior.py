@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowrl import atomic
 from flowrl.errors import InputError, MissingInputError
 
 __all__ = [
@@ -132,12 +133,9 @@ def save_behavior(policy: BehaviorPolicy, path: str | os.PathLike, info: dict[st
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in policy.state_dict().items()}
     meta = {**policy.config(), **(info or {})}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    tmp = path.with_name(f".{path.stem}.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, _sidecar(path))
+    with atomic.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    atomic.write_json(_sidecar(path), meta)
     return path
 
 

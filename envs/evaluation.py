@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from flowrl import tiny
+from flowrl import atomic, tiny
 from flowrl.errors import InputError, MissingInputError
 
 from .environment import check_compatible, make_env
@@ -281,12 +281,8 @@ def _fps(runner: Runner) -> int:
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
     import imageio.v2 as imageio
 
-    tmp = path.with_name(f".{path.name}.part{path.suffix}")
-    try:
+    with atomic.atomic_path(path, suffix=path.suffix) as tmp:  # imageio picks the format by extension
         if path.suffix.lower() == ".gif":
             imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0)
         else:
             imageio.mimsave(tmp, frames, fps=fps)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

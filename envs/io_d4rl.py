@@ -10,19 +10,18 @@ is written under a temporary name in the target folder and renamed into place.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flowrl import atomic
 from flowrl.errors import InputError, MissingInputError, OutputExistsError
 
 from .dataset import REQUIRED_KEYS, TrajectoryDataset
@@ -185,7 +184,7 @@ def write_d4rl_hdf5(
     attrs = _file_attrs(ds, metadata)
     arrays = ds.arrays()
     _check_target(path, overwrite)
-    with _atomic_file(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, arr in arrays.items():
                 f.create_dataset(key, data=arr, compression=compression)
@@ -211,7 +210,7 @@ def write_npz(
     attrs = _file_attrs(ds, metadata)
     arrays = ds.arrays()
     _check_target(path, overwrite)
-    with _atomic_file(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a temp name
             (np.savez_compressed if compressed else np.savez)(fh, **arrays, metadata_json=json.dumps(attrs))
     return path
@@ -260,24 +259,11 @@ def _h5_attr(value: Any) -> Any:
 
 def _check_target(path: Path, overwrite: bool) -> None:
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
+        raise InputError(f"{path} is a folder; name a file to write")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     if not path.parent.is_dir():
         raise MissingInputError(f"folder {path.parent} does not exist")
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- D4RL names, cache and download
@@ -342,7 +328,7 @@ def download_d4rl(
     url = d4rl_url(name, base_url)
     dest = cache / d4rl_filename(name)
     cache.mkdir(parents=True, exist_ok=True)
-    with _atomic_file(dest) as tmp:
+    with atomic.atomic_path(dest) as tmp:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
                 total = int(resp.headers.get("Content-Length") or 0) or None

@@ -462,9 +462,9 @@ def peer_takes_warmup() -> bool:
 
 
 def _write_json(path: str, result: dict) -> None:
-    from flowrl.models.config import atomic_write_text
+    from flowrl import atomic
 
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic.write_json(path, result)
 
 
 MERGE_KEYS = ("steps", "model", "eval_episodes")

@@ -6,7 +6,6 @@ Decision Transformers are evaluated once per target return (default: the env's p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from flowrl.scripts.argtypes import UsageError, positive_int
@@ -60,7 +59,7 @@ def run(args) -> int:
     from flowrl.envs import evaluate, get_spec
     from flowrl.scripts.report import eval_table
 
-    from flowrl.models.config import atomic_write_text
+    from flowrl import atomic
 
     if args.json is not None and not Path(args.json).parent.exists():
         raise UsageError(f"--json: folder {Path(args.json).parent} does not exist")
@@ -98,5 +97,5 @@ def run(args) -> int:
     if any(r["video"] for r in rows):
         print(f"video: {next(r['video'] for r in rows if r['video'])}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
+        atomic.write_json(args.json, rows)
     return 0

@@ -177,7 +177,7 @@ def run(args) -> int:
     from flowrl.agents.trainer import TrainConfig, pick_device
     from flowrl.scripts.report import eval_table, table
 
-    from flowrl.models.config import atomic_write_text
+    from flowrl import atomic
 
     progress = not args.quiet
     ddp = distributed_env() is not None  # started by torchrun: data-parallel; only rank 0 writes and prints
@@ -216,7 +216,7 @@ def run(args) -> int:
     train_cfg.extra = {**train_cfg.extra, "dataset": dataset}
     if not args.resume and main:
         record = {"algo": algo, "dataset": dataset, "agent": agent_cfg.to_dict(), "train": train_cfg.to_dict()}
-        atomic_write_text(out / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
+        atomic.write_json(out / CONFIG_FILE, record)
     n_params = sum(p.numel() for p in agent.model.parameters())
     s = ds.summary()
     what = f"{algo}" + (f" ({agent_cfg.attention} attention)" if algo == "dt" else "")

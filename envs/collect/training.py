@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from flowrl.envs.collect.recording import make_env, one_torch_thread, progress_bar
 
-from flowrl import tiny
+from flowrl import atomic, tiny
 from flowrl.errors import InputError, MissingInputError
 
 __all__ = [
@@ -44,35 +44,6 @@ BUFFER_FILE = "replay_buffer.npz"
 # Identity keys added after the first runs were made; absent ones mean the defaults.
 _OPTIONAL_IDENTITY = ("hidden", "batch_size", "learning_starts")
 _BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
-
-
-# ----------------------------------------------------------------------------------------------- atomic files
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def _atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    try:
-        named: dict[str, Any] = dict(arrays)
-        np.savez(tmp, **named)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass
@@ -314,10 +285,10 @@ def _train(cfg: BehaviorTrainingConfig, spec, run_dir: Path, progress: bool, on_
             rets = evaluate_model(model, spec.gym_id, spec.max_episode_steps, cfg.eval_episodes, cfg.seed + 10_000)
             eval_s = time.time() - t0
             name = f"checkpoints/step_{done:07d}.zip"
-            tmp = run_dir / f"checkpoints/.tmp_step_{done:07d}"
-            model.save(str(tmp))  # SB3 appends .zip
-            os.replace(f"{tmp}.zip", run_dir / name)
-            _atomic_save_npz(run_dir / BUFFER_FILE, _buffer_arrays(model.replay_buffer, done))
+            with atomic.atomic_path(run_dir / name, suffix=".zip") as tmp:  # SB3 appends .zip to other names
+                model.save(str(tmp))
+            with atomic.atomic_path(run_dir / BUFFER_FILE, suffix=".npz") as tmp:
+                np.savez(tmp, **_buffer_arrays(model.replay_buffer, done))
             entry = {
                 "step": done,
                 "eval_return_mean": float(np.mean(rets)),
@@ -331,7 +302,7 @@ def _train(cfg: BehaviorTrainingConfig, spec, run_dir: Path, progress: bool, on_
             state["checkpoints"] = [c for c in state["checkpoints"] if c["step"] != done] + [entry]
             state["buffer_pos"] = done
             state["train_wall_s"] = round(state.get("train_wall_s", 0.0) + train_s + eval_s, 1)
-            _atomic_write_json(run_dir / RUN_FILE, state)
+            atomic.write_json(run_dir / RUN_FILE, state)
             bar.set_postfix(eval=f"{entry['eval_return_mean']:.0f}")
             bar.write(
                 f"step {done}: eval return {entry['eval_return_mean']:.1f} ± {entry['eval_return_std']:.1f}"

@@ -6,31 +6,18 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flowrl import atomic
 from flowrl.errors import InputError
 
-__all__ = ["JsonConfig", "FlowformerConfig", "atomic_write_text"]
+__all__ = ["JsonConfig", "FlowformerConfig"]
 
 C = TypeVar("C", bound="JsonConfig")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fits(value: Any, tp: Any) -> bool:
@@ -120,7 +107,7 @@ class JsonConfig:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, self.to_json() + "\n")
+        atomic.write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls: type[C], path: str | os.PathLike) -> C:

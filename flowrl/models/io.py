@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from flowrl import atomic
 from flowrl.errors import InputError, MissingInputError
 from flowrl.models.classifiers import ImageClassifier, SequenceClassifier, TimeSeriesClassifier
-from flowrl.models.config import atomic_write_text
 from flowrl.models.lm import CausalLM
 
 __all__ = ["MODELS", "save_model", "load_model"]
@@ -46,16 +45,10 @@ def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
     name = _model_name(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
-        os.replace(tmp, directory / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.atomic_path(directory / WEIGHTS) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     meta = {"format": FORMAT, "model": name, "config": model.config.to_dict()}
-    atomic_write_text(directory / CONFIG, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(directory / CONFIG, meta, sort_keys=True)
     return directory
 
 
