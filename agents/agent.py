@@ -165,15 +165,29 @@ class DTAgent(Agent):
         self.model = DecisionTransformer(config, self.obs_dim, self.act_dim)
 
     def make_sampler(self, dataset, seed: int):
-        from flowrl.envs import ContextSampler
+        """K-step windows (:class:`flowrl.envs.ContextSampler`), or for memory models sequences from the
+        episode start (:class:`flowrl.envs.EpisodeSampler`: whole episodes or segments)."""
+        from flowrl.envs import ContextSampler, EpisodeSampler
 
         self.check_dataset(dataset)
-        return ContextSampler(
+        cfg = self.config
+        if not cfg.memory:
+            return ContextSampler(
+                dataset, cfg.context, reward_scale=cfg.reward_scale, seed=seed, normalize_states=cfg.normalize_states
+            )
+        longest, limit = int(dataset.episode_lengths.max()), cfg.time_limit
+        if limit is not None and longest > limit:
+            raise InputError(
+                f"the dataset has episodes of up to {longest} steps but the model's timestep table has "
+                f"max_timestep={limit}; set max_timestep >= {longest} (or timestep_embedding='none')"
+            )
+        return EpisodeSampler(
             dataset,
-            self.config.context,
-            reward_scale=self.config.reward_scale,
+            cfg.context,
+            segments=cfg.memory_training == "segments",
+            reward_scale=cfg.reward_scale,
             seed=seed,
-            normalize_states=self.config.normalize_states,
+            normalize_states=cfg.normalize_states,
         )
 
     def batch_tensors(self, batch) -> tuple[Tensor, ...]:
@@ -183,25 +197,40 @@ class DTAgent(Agent):
         return f(batch.states), f(batch.actions), f(batch.returns_to_go), f(batch.timesteps), f(batch.mask)
 
     def loss(self, batch) -> Tensor:
+        """Masked action MSE of a ContextBatch, or of an EpisodeBatch for memory models (segments continue
+        from the state of the episode before them, see :mod:`flowrl.agents.memory`)."""
         states, actions, rtg, timesteps, mask = self.batch_tensors(batch)
-        pred = self.model(states, actions, rtg, timesteps)
+        if self.config.memory and self.config.memory_training == "segments":
+            from flowrl.agents.memory import segment_predictions
+
+            pred, steps = segment_predictions(
+                self.model, states, actions, rtg, timesteps, batch.starts, self.config.context
+            )
+            actions = actions.gather(1, steps[..., None].expand(-1, -1, actions.shape[-1]))
+            # positions past the batch's end were clamped to its last step: they must not count it again
+            unclamped = steps[:, :1] + torch.arange(steps.shape[1], device=steps.device)
+            mask = mask.gather(1, steps) * (unclamped == steps)
+        else:
+            pred = self.model(states, actions, rtg, timesteps)
         err = (pred.float() - actions).square().mean(-1)  # (B, K)
         return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
-    def make_policy(self, *, rollout: str = "window", restart_every: int | None = None):
+    def make_policy(self, *, rollout: str | None = None, restart_every: int | None = None):
         """A stateful rollout policy for N environments (:class:`flowrl.agents.DTPolicy`).
 
-        ``rollout``: ``"window"`` (the last K steps, as trained; default), ``"staggered"`` (flow attention:
-        recurrent states restarted every ``restart_every`` steps, a window of K-s+1..K steps, several times
-        cheaper) or ``"episode"`` (flow attention: one recurrent state over the whole episode).
+        ``rollout``: ``"window"`` (the last K steps, as trained), ``"staggered"`` (flow attention: recurrent
+        states restarted every ``restart_every`` steps, a window of K-s+1..K steps, several times cheaper)
+        or ``"episode"`` (flow attention: one recurrent state over the whole episode). Default (None): the
+        model's own, ``"episode"`` for memory models (exactly what they were trained on), else ``"window"``.
         """
         from flowrl.agents.policy import DTPolicy
 
-        return DTPolicy(self, rollout=rollout, restart_every=restart_every)
+        return DTPolicy(self, rollout=rollout or self.config.default_rollout, restart_every=restart_every)
 
     @torch.no_grad()
     def act(self, states, returns_to_go, actions=None, timesteps=None) -> np.ndarray:
-        """The action for the last step of a history (the last ``context`` steps are used).
+        """The action for the last step of a history (the last ``context`` steps are used; memory models:
+        all of it, which should start at the episode's first step).
 
         Args (raw, unnormalised; optional leading batch dim B):
             states: [T, obs_dim]; returns_to_go: [T] unscaled returns still to collect at each step;
@@ -225,7 +254,7 @@ class DTAgent(Agent):
             else np.asarray(actions, np.float32).reshape(B, T, -1)
         )
         ts = np.tile(np.arange(T), (B, 1)) if timesteps is None else np.asarray(timesteps).reshape(B, T)
-        K = self.config.context
+        K = T if self.config.memory else self.config.context
         s, a, r, ts = s[:, -K:], a[:, -K:].copy(), r[:, -K:], ts[:, -K:]
         a[:, -1] = 0.0  # the current action is what we predict
         self.model.eval()
@@ -261,11 +290,11 @@ class BCAgent(Agent):
         actions = torch.from_numpy(np.ascontiguousarray(batch.actions)).to(dev)
         return (self.model(states).float() - actions).square().mean()
 
-    def make_policy(self, *, rollout: str = "window", restart_every: int | None = None):
+    def make_policy(self, *, rollout: str | None = None, restart_every: int | None = None):
         """A memoryless policy; the rollout options of Decision Transformers do not apply."""
         from flowrl.agents.policy import BCPolicy
 
-        if rollout != "window" or restart_every is not None:
+        if rollout not in (None, "window") or restart_every is not None:
             raise InputError(f"rollout={rollout!r} / restart_every are for Decision Transformers, not BC")
         return BCPolicy(self)
 

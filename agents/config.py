@@ -76,7 +76,17 @@ class DecisionTransformerConfig(_OptimFields, JsonConfig):
     dropout: float = 0.1
     """Dropout on embeddings, attention output and MLP output."""
     max_timestep: int = 1000
-    """Size of the timestep embedding table; longer episodes reuse the last entry."""
+    """Size of the timestep embedding table: steps 0..max_timestep-1 (a rollout past it is an error)."""
+    timestep_embedding: str = "table"
+    """How tokens learn their episode step: "table" (a learned embedding per step up to max_timestep) or
+    "none" (no time input: no table, no limit on episode length)."""
+    memory: bool = False
+    """Remember the whole episode: train on sequences that start at the episode's first step and roll out
+    with one recurrent Flow-Attention state per episode (rollout "episode", constant cost per step)."""
+    memory_training: str = "episodes"
+    """Memory models: "episodes" (whole episodes up to `context` steps, gradient through all of them) or
+    "segments" (`context`-step segments, each starting from the exact state of the episode before it,
+    computed without gradient)."""
     reward_scale: float = 1e-3
     """Returns-to-go are multiplied by this before entering the model."""
     normalize_states: bool = True
@@ -98,6 +108,38 @@ class DecisionTransformerConfig(_OptimFields, JsonConfig):
         _require(
             name, 0 < self.reward_scale < math.inf, f"reward_scale must be finite and > 0, got {self.reward_scale}"
         )
+        _require(
+            name,
+            self.timestep_embedding in ("table", "none"),
+            f"unknown timestep_embedding {self.timestep_embedding!r}; use table|none",
+        )
+        _require(
+            name,
+            self.memory_training in ("episodes", "segments"),
+            f"unknown memory_training {self.memory_training!r}; use episodes|segments",
+        )
+        _require(
+            name,
+            not self.memory or self.attention == "flow",
+            "memory=True needs attention='flow' (its rollout is one recurrent Flow-Attention state per episode)",
+        )
+        _require(
+            name,
+            not (self.memory and self.memory_training == "episodes" and self.timestep_embedding == "table")
+            or self.context <= self.max_timestep,
+            f"a memory model trained on whole episodes of up to context={self.context} steps needs "
+            f"max_timestep >= {self.context}, got {self.max_timestep}",
+        )
+
+    @property
+    def time_limit(self) -> int | None:
+        """The longest episode (in steps) the model can embed, or None without a limit."""
+        return self.max_timestep if self.timestep_embedding == "table" else None
+
+    @property
+    def default_rollout(self) -> str:
+        """The rollout that is exactly the computation the model was trained on."""
+        return "episode" if self.memory else "window"
 
     def trunk_config(self):
         from flowrl.models import FlowformerConfig
@@ -154,11 +196,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "flowformer": {"dim": 256, "heads": 4, "lr": 1e-3, "attention": "flow", "clamp": 10.0},
     # CORL's single-file DT on Gym-MuJoCo: GELU MLP, larger learning rate
     "corl": {"activation": "gelu", "lr": 8e-4},
+    # episode memory: flow-DT trained on whole episodes (up to 1000 steps = 3000 tokens through the chunked
+    # kernel), rolled out with one recurrent state per episode; a batch holds fewer, longer sequences
+    "memory": {"memory": True, "context": 1000, "max_timestep": 1000, "batch_size": 8, "attention": "flow"},
 }
 
 
 def preset(name: str, **overrides: Any) -> DecisionTransformerConfig:
-    """A DecisionTransformerConfig from a named preset ("dt", "flowformer", "corl") plus overrides."""
+    """A DecisionTransformerConfig from a named preset ("dt", "flowformer", "corl", "memory") plus overrides."""
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return DecisionTransformerConfig(**{**PRESETS[name], **overrides})

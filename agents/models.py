@@ -1,9 +1,10 @@
 """The networks: the Decision Transformer on the flowrl trunk, and the BC MLP.
 
 Token layout (per timestep t): [R̂_t, s_t, a_t], interleaved into a causal sequence of 3K tokens, each
-token plus the embedding of its timestep. The action a_t is predicted from the **state token at t** (it
-has seen R̂_≤t, s_≤t, a_<t): the original implementation's off-by-one (kzl/decision-transformer issue 53)
-does not recur, and a test checks that a_t never depends on tokens after s_t.
+token plus the embedding of its timestep (none with ``timestep_embedding="none"``). The action a_t is
+predicted from the **state token at t** (it has seen R̂_≤t, s_≤t, a_<t): the original implementation's
+off-by-one (kzl/decision-transformer issue 53) does not recur, and a test checks that a_t never depends on
+tokens after s_t.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class DecisionTransformer(nn.Module):
         self.config, self.obs_dim, self.act_dim = config, obs_dim, act_dim
         d = config.dim
         self.normalizer = _Normalizer(obs_dim)
-        self.embed_timestep = nn.Embedding(config.max_timestep, d)
+        # no table, no time input: a memory model can still tell time from its recurrent state
+        self.embed_timestep = nn.Embedding(config.max_timestep, d) if config.timestep_embedding == "table" else None
         self.embed_return = nn.Linear(1, d)
         self.embed_state = nn.Linear(obs_dim, d)
         self.embed_action = nn.Linear(act_dim, d)
@@ -64,7 +66,7 @@ class DecisionTransformer(nn.Module):
     def embed(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor) -> Tensor:
         """Interleaved token embeddings [B, 3T, dim]."""
         B, T = timesteps.shape
-        time = self.embed_timestep(timesteps.clamp(0, self.config.max_timestep - 1))  # (B, T, d)
+        time = self._time(timesteps)  # (B, T, d) or a scalar 0
         tokens = torch.stack(
             [
                 self.embed_return(returns_to_go) + time,
@@ -82,8 +84,9 @@ class DecisionTransformer(nn.Module):
         (normalised), ``timesteps`` [B] int64 (t). Equal to tokens 3t-1 .. 3t+1 of :meth:`embed` over the
         episode; at t = 0 there is no a_{-1}: use tokens [:, 1:].
         """
-        top = self.config.max_timestep - 1
-        time = self.embed_timestep(torch.stack([(timesteps - 1).clamp(0, top), timesteps.clamp(0, top)], 1))
+        time = self._time(torch.stack([(timesteps - 1).clamp_min(0), timesteps], 1))  # (B, 2, d) or 0
+        if not torch.is_tensor(time):
+            time = torch.zeros(1, 2, 1, dtype=states.dtype, device=states.device)
         tokens = torch.stack(
             [
                 self.embed_action(prev_actions) + time[:, 0],
@@ -94,9 +97,20 @@ class DecisionTransformer(nn.Module):
         )  # (B, 3, d)
         return self.embed_dropout(self.embed_norm(tokens))
 
-    def forward(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor) -> Tensor:
+    def _time(self, timesteps: Tensor) -> Tensor | float:
+        """Timestep embeddings [*timesteps.shape, dim] (steps past the table reuse its last entry), or 0."""
+        if self.embed_timestep is None:
+            return 0.0
+        return self.embed_timestep(timesteps.clamp(0, self.config.max_timestep - 1))
+
+    def forward(
+        self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor, *, state: list | None = None
+    ) -> Tensor:
+        """``state`` (flow attention: one :class:`flowrl.ops.FlowState` per block) continues the episode
+        whose tokens produced it, as :func:`flowrl.agents.memory.prefix_state` computes it."""
         # only the state tokens are read: the trunk's last block computes nothing else
-        h = self.trunk(self.embed(states, actions, returns_to_go, timesteps), select=_STATE_TOKENS)  # (B, T, d)
+        x = self.embed(states, actions, returns_to_go, timesteps)
+        h = self.trunk(x, select=_STATE_TOKENS, state=state)  # (B, T, d)
         return self.predict_action(h)  # (B, T, act_dim)
 
 

@@ -14,7 +14,12 @@ offers three ways to roll a Decision Transformer forward (``rollout=``):
   instead of a 3K-token window, and every action equals a from-scratch forward over the steps since the
   acting state started (a test checks this). ``restart_every=1`` reproduces ``"window"`` exactly.
 - ``"episode"`` (Flow-Attention): one recurrent state per environment over the whole episode, no window
-  at all (the model sees more than the K steps it was trained on; cheapest, check its scores).
+  at all. For a memory model (``DecisionTransformerConfig.memory``, see :mod:`flowrl.agents.memory`) this is
+  the default and exactly the computation it was trained on; a K-window model sees more than the K steps it
+  was trained on (cheapest, check its scores).
+
+Models with a timestep table act in episodes of at most ``max_timestep`` steps (``max_episode_steps``;
+:func:`flowrl.envs.evaluate` refuses longer time limits before the first step).
 
 The recurrent states live in a :class:`flowrl.models.FlowDecoder`, which computes what the trunk's stateful
 forward would: on a CPU in one call of its C++ kernel per step (:mod:`flowrl.ops.native`), else with fused
@@ -53,8 +58,9 @@ class BCPolicy:
 class DTPolicy:
     """Decision Transformer rollout policy with per-environment context (see the module docstring)."""
 
-    def __init__(self, agent, *, rollout: str = "window", restart_every: int | None = None):
+    def __init__(self, agent, *, rollout: str | None = None, restart_every: int | None = None):
         cfg = agent.config
+        rollout = rollout or cfg.default_rollout
         if rollout not in ROLLOUTS:
             raise InputError(f"unknown rollout {rollout!r}; choose one of {', '.join(ROLLOUTS)}")
         if rollout != "window" and cfg.attention != "flow":
@@ -67,6 +73,7 @@ class DTPolicy:
             raise InputError(f"restart_every must be in [1, context={K}], got {restart_every}")
         self.agent, self.model, self.rollout = agent, agent.model, rollout
         self.observation_map = agent.observation_map  # evaluate() maps the live observations with it
+        self.max_episode_steps: int | None = cfg.time_limit  # the longest episode the timestep table covers
         self.K = K
         self.recurrent = cfg.attention == "flow"  # window mode: recurrent while the episode fits in K
         self.restart_every = s if rollout == "staggered" else None
@@ -121,15 +128,17 @@ class DTPolicy:
         self.dtype, self.device = a.dtype, a.device  # looked up once: both walk the modules
         self.t = np.zeros(n, np.int64)  # steps taken in the episode
         self.rtg_now = np.zeros(n, np.float64)
+        # actions in the work dtype: a float64 model's rollout is float64 throughout
+        act_dtype = np.float64 if self.dtype == torch.float64 else np.float32
         if self.rollout == "window":
             self.states = np.zeros((n, K, a.obs_dim), np.float32)
-            self.actions = np.zeros((n, K, a.act_dim), np.float32)
+            self.actions = np.zeros((n, K, a.act_dim), act_dtype)
             self.rtg = np.zeros((n, K), np.float64)
             self.timesteps = np.zeros((n, K), np.int64)
             self.length = np.zeros(n, np.int64)  # steps in the window
             rows = n
         else:
-            self.prev_action = np.zeros((n, a.act_dim), np.float32)
+            self.prev_action = np.zeros((n, a.act_dim), act_dtype)
             self.slot_start = np.full((n, self.slots), -1, np.int64)  # episode step a slot started at
             rows = n * self.slots  # row i * slots + j: environment i, slot j
         if self.recurrent:
@@ -211,7 +220,7 @@ class DTPolicy:
         self.rtg[rows, last] = self.rtg_now
         self.timesteps[rows, last] = self.t
 
-        out = np.empty((self.n, self.agent.act_dim), np.float32)
+        out = np.empty((self.n, self.agent.act_dim), self.actions.dtype)
         in_state = (self.t < self.K) if self.recurrent else np.zeros(self.n, bool)
         if in_state.any():
             out[in_state] = self._act_growing(np.flatnonzero(in_state))
@@ -222,7 +231,7 @@ class DTPolicy:
 
     def _act_growing(self, rows: np.ndarray) -> np.ndarray:
         """Window mode while t < K: feed only [a_{t-1}, R̂_t, s_t] (or [R̂_0, s_0]) against the state."""
-        out = np.empty((len(rows), self.agent.act_dim), np.float32)
+        out = np.empty((len(rows), self.agent.act_dim), self.actions.dtype)
         j = self.length[rows] - 1
         x = self.step_embed.tokens(
             self.actions[rows, np.maximum(j - 1, 0)], self.rtg[rows, j], self.states[rows, j], self.timesteps[rows, j]
@@ -250,7 +259,8 @@ class DTPolicy:
             return self.step_embed.actions(self.window_decoder.step(self.model.embed(*inputs)[:, :L], idx))
         pred = self.model(*inputs)  # (R, K, act) — predictions at every state token
         last = torch.as_tensor(self.length[rows] - 1, device=self.device)
-        return pred[torch.arange(len(rows), device=self.device), last].float().cpu().numpy()
+        pred = pred[torch.arange(len(rows), device=self.device), last]
+        return pred.to(torch.float64 if self.dtype == torch.float64 else torch.float32).cpu().numpy()
 
 
 class _StepEmbedding:
@@ -271,13 +281,14 @@ class _StepEmbedding:
         w = torch.zeros(3, d, A + 1 + O, dtype=dtype, device=a.weight.device)
         w[0, :, :A], w[1, :, A : A + 1], w[2, :, A + 1 :] = cast(a.weight), cast(r.weight), cast(s.weight)
         self.weight, self.bias = w.reshape(3 * d, A + 1 + O), torch.cat([cast(a.bias), cast(r.bias), cast(s.bias)])
-        self.time = cast(model.embed_timestep.weight)
+        table = model.embed_timestep  # None: no time input (a zero row, looked up for every step)
+        self.time = cast(table.weight) if table is not None else torch.zeros(1, d, dtype=dtype, device=a.weight.device)
         norm = model.embed_norm
         self.norm = ((d,), cast(norm.weight), cast(norm.bias), norm.eps)
         self.head = (cast(model.predict_action[0].weight), cast(model.predict_action[0].bias))
         self.mean = model.normalizer.state_mean.detach().cpu().double().numpy()
         self.std = model.normalizer.state_std.detach().cpu().double().numpy()
-        self.scale, self.top = model.config.reward_scale, model.config.max_timestep - 1
+        self.scale, self.top = model.config.reward_scale, self.time.shape[0] - 1
         self.device, self.np_dtype = a.weight.device, np.float64 if dtype == torch.float64 else np.float32
         self.d = d
 
@@ -292,7 +303,7 @@ class _StepEmbedding:
         return torch.nn.functional.layer_norm(tok, *self.norm)
 
     def actions(self, h: torch.Tensor) -> np.ndarray:
-        return torch.tanh(torch.nn.functional.linear(h, *self.head)).float().cpu().numpy()
+        return torch.tanh(torch.nn.functional.linear(h, *self.head)).cpu().numpy()  # float32 or float64 (work dtype)
 
 
 assert STATE_TOKEN == 1 and TOKENS_PER_STEP == 3  # the token order the recurrent path feeds

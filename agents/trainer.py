@@ -70,8 +70,9 @@ class TrainConfig(JsonConfig):
     """torch CPU threads (0: leave torch's default)."""
     eval_seed: int = 10_000
     """Evaluation episode i uses seed eval_seed + i (fixed across the run, so evaluations compare)."""
-    eval_rollout: str = "window"
-    """DT evaluation context: window (last K steps, as trained), staggered or episode (flow only, faster)."""
+    eval_rollout: str = "auto"
+    """DT evaluation context: auto (the model's own: episode for memory models, else window), window (last K
+    steps), staggered or episode (flow only, faster)."""
     eval_workers: int = 1
     """Processes the evaluation episodes are split across (forked, one torch thread each; CPU agents only)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -90,8 +91,8 @@ class TrainConfig(JsonConfig):
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
             (self.eval_workers >= 1, f"eval_workers must be >= 1, got {self.eval_workers}"),
             (
-                self.eval_rollout in ("window", "staggered", "episode"),
-                f"eval_rollout must be window, staggered or episode, got {self.eval_rollout!r}",
+                self.eval_rollout in ("auto", "window", "staggered", "episode"),
+                f"eval_rollout must be auto, window, staggered or episode, got {self.eval_rollout!r}",
             ),
         ]
         for ok, msg in checks:
@@ -175,7 +176,8 @@ class Trainer:
         self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_score": [], "eval_return": []}
         self.update_calls = 0
         self._writer = None
-        agent.make_policy(rollout=config.eval_rollout)  # fail now, not after training (e.g. staggered + softmax)
+        # fail now, not after training (e.g. staggered + softmax)
+        self._policy = agent.make_policy(rollout=self._rollout())
         if config.eval_workers > 1 and agent.device.type != "cpu":
             raise InputError(f"eval_workers > 1 forks CPU processes; the agent is on {agent.device} (use 1)")
 
@@ -213,9 +215,10 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if cfg.eval_episodes > 0 and self.is_main and self.eval_env() is not None:
-            from flowrl.envs import check_compatible
+            from flowrl.envs import check_compatible, check_episode_limit
 
             check_compatible(self.dataset, self.eval_env())  # fail before training, not after it
+            check_episode_limit(self._policy, self.eval_env(), cfg.max_episode_steps or None)
         bar = None
         if self.progress and self.is_main:
             from tqdm.auto import tqdm
@@ -279,6 +282,9 @@ class Trainer:
             self._writer.close()
         return results
 
+    def _rollout(self) -> str | None:
+        return None if self.config.eval_rollout == "auto" else self.config.eval_rollout
+
     def _mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
         """Hook for DDP (the mean of ``x`` over ranks, for logging); one process: ``x``."""
         return x
@@ -302,7 +308,7 @@ class Trainer:
         if self.agent.algo == "dt":
             targets = self.config.target_returns or get_spec(env).target_returns or self.agent.dataset_targets()
         results = evaluate(
-            self.agent.make_policy(rollout=self.config.eval_rollout),
+            self.agent.make_policy(rollout=self._rollout()),
             env,
             episodes=self.config.eval_episodes,
             num_envs=self.config.num_envs,

@@ -4,7 +4,8 @@
 - :mod:`~flowrl.envs.dataset`: :class:`TrajectoryDataset`, flat arrays plus an episode index.
 - :mod:`~flowrl.envs.loaders`: :func:`load_dataset` for paths, D4RL names, Minari ids, flowrl names.
 - :mod:`~flowrl.envs.io_d4rl`, :mod:`~flowrl.envs.minari_io`: the on-disk formats (read and write).
-- :mod:`~flowrl.envs.sampler`: context windows (right-padded) and transitions, built by array indexing.
+- :mod:`~flowrl.envs.sampler`: context windows (right-padded), episode-anchored sequences and transitions,
+  built by array indexing.
 - :mod:`~flowrl.envs.evaluation`: the :class:`Policy` protocol and vectorized :func:`evaluate`
   (:mod:`~flowrl.envs.rollout_runner`, :mod:`~flowrl.envs.eval_workers`, success rates from
   :mod:`~flowrl.envs.success`); :mod:`~flowrl.envs.environment`: :func:`make_env`, :func:`check_compatible`.
@@ -17,12 +18,12 @@ need them.
 """
 
 from .dataset import TrajectoryDataset
-from .evaluation import EvalResult, Policy, check_compatible, evaluate, make_env
+from .evaluation import EvalResult, Policy, check_compatible, check_episode_limit, evaluate, make_env
 from .io_d4rl import write_d4rl_hdf5, write_npz
 from .loaders import load_dataset, local_candidates
 from .minari_io import minari_root, write_minari_dataset
 from .observations import ObservationMap
-from .sampler import ContextBatch, ContextSampler, TransitionBatch, TransitionSampler
+from .sampler import ContextBatch, ContextSampler, EpisodeBatch, EpisodeSampler, TransitionBatch, TransitionSampler
 from .specs import EnvSpec, get_spec, normalized_score
 
 __all__ = [
@@ -35,12 +36,15 @@ __all__ = [
     "local_candidates",
     "ContextSampler",
     "ContextBatch",
+    "EpisodeSampler",
+    "EpisodeBatch",
     "TransitionSampler",
     "TransitionBatch",
     "Policy",
     "evaluate",
     "EvalResult",
     "check_compatible",
+    "check_episode_limit",
     "make_env",
     "write_minari_dataset",
     "write_d4rl_hdf5",

@@ -39,7 +39,15 @@ from .observations import ObservationMap
 from .rollout_runner import Runner
 from .specs import EnvSpec, get_spec, normalized_score
 
-__all__ = ["Policy", "EvalResult", "evaluate", "check_compatible", "make_env", "policy_observation_map"]
+__all__ = [
+    "Policy",
+    "EvalResult",
+    "evaluate",
+    "check_compatible",
+    "check_episode_limit",
+    "make_env",
+    "policy_observation_map",
+]
 
 
 @runtime_checkable
@@ -47,7 +55,8 @@ class Policy(Protocol):
     """What :func:`evaluate` drives. Agents implement it; ``flowrl.envs`` never imports agents.
 
     A policy serves N environments at once and keeps any per-environment state (e.g. a Decision
-    Transformer's context) itself, indexed by environment.
+    Transformer's context) itself, indexed by environment. A policy that can only act in episodes up to
+    some length says so in an attribute ``max_episode_steps`` (int; absent or None: no limit).
     """
 
     def reset(self, env_mask: np.ndarray, target_return: float | None) -> None:
@@ -144,6 +153,19 @@ class EvalResult:
         }
 
 
+def check_episode_limit(policy: Policy, env: str | EnvSpec, max_episode_steps: int | None = None) -> None:
+    """Raise InputError if ``env``'s time limit (or ``max_episode_steps``) is longer than the episodes
+    ``policy`` can act in (its ``max_episode_steps`` attribute, e.g. a model's timestep table)."""
+    spec = env if isinstance(env, EnvSpec) else get_spec(env)
+    limit, cap = max_episode_steps or spec.max_episode_steps, getattr(policy, "max_episode_steps", None)
+    if cap is not None and limit > cap:
+        raise InputError(
+            f"episodes of up to {limit} steps ({spec.gym_id}'s time limit) are longer than the policy can act in: "
+            f"{cap} steps (its model's timestep table, max_timestep={cap}); cap episodes at max_episode_steps={cap} "
+            f"or train with max_timestep >= {limit}"
+        )
+
+
 def evaluate(
     policy: Policy,
     env: str | EnvSpec,
@@ -204,6 +226,7 @@ def evaluate(
     targets = list(target_returns) or [None]
     video_path = _check_video(video, vectorization)
     workers = check_workers(workers, episodes, vectorization, video_path)
+    check_episode_limit(policy, spec, max_episode_steps)
     if video_path is not None:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; read when the renderer is made
     n = min(num_envs, episodes)

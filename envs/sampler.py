@@ -18,7 +18,7 @@ from flowrl.errors import InputError
 
 from .dataset import TrajectoryDataset
 
-__all__ = ["ContextBatch", "ContextSampler", "TransitionBatch", "TransitionSampler"]
+__all__ = ["ContextBatch", "ContextSampler", "EpisodeBatch", "EpisodeSampler", "TransitionBatch", "TransitionSampler"]
 
 
 class ContextBatch(NamedTuple):
@@ -101,22 +101,122 @@ class ContextSampler:
         return self._gather(ep, st)
 
     def _gather(self, episodes: np.ndarray, starts: np.ndarray) -> ContextBatch:
-        ds = self.dataset
         steps = starts[:, None] + self._offsets  # [B, K] step within the episode
-        real = steps < ds.episode_lengths[episodes][:, None]  # [B, K]
-        # Padding positions point at the window's first row (always real) and are zeroed after the gather.
-        rows = ds.episode_starts[episodes][:, None] + np.where(real, steps, starts[:, None])  # [B, K]
-        realf = real.astype(np.float32)
+        real = steps < self.dataset.episode_lengths[episodes][:, None]  # [B, K]
+        return ContextBatch(*_gather(self.dataset, episodes, steps, real, self.normalize_states, self.reward_scale))
 
-        states = ds.observations[rows]  # [B, K, obs_dim]
-        if self.normalize_states:
-            states = (states - ds.state_mean) / ds.state_std
-        states *= realf[..., None]
-        actions = ds.actions[rows] * realf[..., None]
-        rewards = (ds.rewards[rows] * realf)[..., None]
-        rtg = (ds.returns_to_go[rows] * np.float32(self.reward_scale) * realf)[..., None]
-        timesteps = np.where(real, steps, 0)
-        return ContextBatch(states, actions, rewards, rtg, timesteps, realf)
+
+def _gather(ds: TrajectoryDataset, episodes, steps, real, normalize: bool, reward_scale: float) -> tuple:
+    """(states, actions, rewards, returns_to_go, timesteps, mask) of ``steps`` [B, T] of ``episodes`` [B]; the
+    positions where ``real`` [B, T] is False are padding (zeros, timestep 0, mask 0)."""
+    # Padding positions point at the row's first step (always real) and are zeroed after the gather.
+    rows = ds.episode_starts[episodes][:, None] + np.where(real, steps, steps[:, :1])  # [B, T]
+    realf = real.astype(np.float32)
+    states = ds.observations[rows]  # [B, T, obs_dim]
+    if normalize:
+        states = (states - ds.state_mean) / ds.state_std
+    states *= realf[..., None]
+    actions = ds.actions[rows] * realf[..., None]
+    rewards = (ds.rewards[rows] * realf)[..., None]
+    rtg = (ds.returns_to_go[rows] * np.float32(reward_scale) * realf)[..., None]
+    timesteps = np.where(real, steps, 0)
+    return states, actions, rewards, rtg, timesteps, realf
+
+
+class EpisodeBatch(NamedTuple):
+    """B sequences anchored at their episode's first step: position i of a row is step i of its episode.
+
+    The fields are those of :class:`ContextBatch` ([B, T, ·], right padding, T = the batch's longest
+    sequence), and ``mask`` 1 only on the steps that carry loss: from ``starts`` to the sequence end.
+    """
+
+    states: np.ndarray
+    """float32 [B, T, obs_dim]."""
+    actions: np.ndarray
+    """float32 [B, T, act_dim]."""
+    rewards: np.ndarray
+    """float32 [B, T, 1], raw rewards."""
+    returns_to_go: np.ndarray
+    """float32 [B, T, 1], times reward_scale."""
+    timesteps: np.ndarray
+    """int64 [B, T], the step index (0 at padding)."""
+    mask: np.ndarray
+    """float32 [B, T], 1 on the real steps from ``starts`` on (the ones that carry loss), else 0."""
+    starts: np.ndarray
+    """int64 [B], the first step that carries loss (0 for whole episodes); the steps before it are the
+    history a segment continues from."""
+
+
+class EpisodeSampler:
+    """Sequences for episode-memory models, always from the episode's first step (see :class:`EpisodeBatch`).
+
+    ``segments=False``: whole episodes, drawn uniformly, every step carries loss; ``context`` must cover the
+    longest episode. ``segments=True``: a ``context``-step segment per row, drawn as :class:`ContextSampler`
+    draws its windows (episode ∝ length, start uniform), preceded by the episode's steps before it.
+
+    Args:
+        dataset: the trajectories.
+        context: the longest episode (``segments=False``) or the segment length, in steps.
+        segments: see above.
+        reward_scale, seed, normalize_states: as :class:`ContextSampler`.
+    """
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        context: int,
+        *,
+        segments: bool,
+        reward_scale: float,
+        seed: int,
+        normalize_states: bool = True,
+    ) -> None:
+        if int(context) < 1:
+            raise InputError(f"context must be >= 1, got {context}")
+        longest = int(dataset.episode_lengths.max())
+        if not segments and longest > context:
+            raise InputError(
+                f"the dataset has episodes of up to {longest} steps but a memory model trained on whole "
+                f"episodes has context={context}; set context >= {longest} (or train on segments)"
+            )
+        self.dataset, self.context, self.segments = dataset, int(context), bool(segments)
+        self.reward_scale, self.normalize_states = float(reward_scale), normalize_states
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch_size: int) -> EpisodeBatch:
+        """A batch of ``batch_size`` random sequences."""
+        ds = self.dataset
+        if self.segments:
+            rows = self.rng.integers(0, ds.num_transitions, size=int(batch_size))
+            episodes = np.searchsorted(ds.episode_starts, rows, side="right") - 1
+            starts = self.rng.integers(0, ds.episode_lengths[episodes])
+        else:
+            episodes = self.rng.integers(0, ds.num_episodes, size=int(batch_size))
+            starts = np.zeros(len(episodes), np.int64)
+        return self.sequences(episodes, starts)
+
+    def sequences(self, episode_idx: np.ndarray, start_idx: np.ndarray) -> EpisodeBatch:
+        """The sequences of episodes ``episode_idx`` [B] with loss from step ``start_idx`` [B] on, for
+        ``context`` steps (segments) or to the episode end (whole episodes)."""
+        ds = self.dataset
+        ep = np.asarray(episode_idx, dtype=np.int64).reshape(-1)
+        st = np.asarray(start_idx, dtype=np.int64).reshape(-1)
+        if ep.shape != st.shape:
+            raise ValueError(f"episode_idx and start_idx must have the same length, got {ep.size} and {st.size}")
+        if ep.size and (ep.min() < 0 or ep.max() >= ds.num_episodes):
+            raise ValueError(f"episode index out of range [0, {ds.num_episodes})")
+        lengths = ds.episode_lengths[ep]
+        if ep.size and (st.min() < 0 or (st >= lengths).any()):
+            raise ValueError("start index out of range [0, episode length)")
+        ends = np.minimum(lengths, st + self.context) if self.segments else np.minimum(lengths, self.context)
+        T = int(ends.max()) if ep.size else 0
+        steps = np.broadcast_to(np.arange(T), (ep.size, T))
+        real = steps < ends[:, None]
+        states, actions, rewards, rtg, timesteps, realf = _gather(
+            ds, ep, steps, real, self.normalize_states, self.reward_scale
+        )
+        mask = realf * (steps >= st[:, None])
+        return EpisodeBatch(states, actions, rewards, rtg, timesteps, mask.astype(np.float32), st)
 
 
 class TransitionBatch(NamedTuple):

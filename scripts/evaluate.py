@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--rollout",
         choices=("window", "staggered", "episode"),
-        default="window",
-        help="DT context at each step: window (the last K steps, as trained; default), staggered (flow: "
+        default=None,
+        help="DT context at each step (default: the model's own, episode for memory models, else window): "
+        "window (the last K steps), staggered (flow: "
         "recurrent states restarted every --restart-every steps, a window of K-s+1..K steps, several times "
         "faster) or episode (flow: one recurrent state over the whole episode)",
     )

@@ -352,7 +352,7 @@ def test_training_evaluates_with_the_configured_rollout(tmp_path):
     )
     forked = fit(agent, ds, tcfg, tmp_path / "run-workers", progress=False)
     assert forked["eval"][0]["returns"] == pytest.approx(out["eval"][0]["returns"], rel=1e-5)
-    with pytest.raises(ValueError, match="eval_rollout must be window, staggered or episode"):
+    with pytest.raises(ValueError, match="eval_rollout must be auto, window, staggered or episode"):
         TrainConfig(eval_rollout="fast")
     with pytest.raises(ValueError, match="eval_workers must be >= 1"):
         TrainConfig(eval_workers=0)
