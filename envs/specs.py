@@ -22,6 +22,9 @@ mazes with one fixed goal cell (Maze2D: continuing for the whole episode, the re
 goal; AntMaze: from a fixed start, ending at the goal, return 0 or 1), Kitchen with its four tasks
 (reward 1 per task completed, ending when all are done), Adroit with its dense reward. Any other gymnasium
 id gets a generic spec (no reference scores, so no normalized score unless a dataset provides them).
+
+flowrl's own memory task ``tmaze`` (:mod:`flowrl.envs.tmaze`, ``flowrl/TMaze-v0``, ``flowrl/tmaze/mixed-v0``)
+is registered with gymnasium when its spec is resolved.
 """
 
 from __future__ import annotations
@@ -180,7 +183,11 @@ SPECS: dict[str, EnvSpec] = {
     "kitchen-complete": _kitchen("complete", _KITCHEN_SLIDE, 280),
     "kitchen-partial": _kitchen("partial", _KITCHEN_SLIDE, 450),
     "kitchen-mixed": _kitchen("mixed", _KITCHEN_BURNER, 450),
+    # flowrl's memory task (flowrl.envs.tmaze): return 1 at the cued arm, so normalized = success rate in %
+    "tmaze": EnvSpec("tmaze", "flowrl/TMaze-v0", 500, 0.0, 1.0, (1.0,), 1.0),
 }
+# environments flowrl defines itself: registered with gymnasium when their spec is resolved
+_OWN_MODULES = {"tmaze": "flowrl.envs.tmaze"}
 _GYM_NAMES = {"hopper": "hopper", "halfcheetah": "halfcheetah", "walker2d": "walker2d", "ant": "ant"}
 _MAZES = ("umaze", "medium", "large")
 _ADROIT = ("door", "hammer", "pen", "relocate")
@@ -238,7 +245,19 @@ def get_spec(name: str) -> EnvSpec:
     """
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"env name must be a non-empty string, got {name!r}")
+    spec = _resolve(name)
+    if spec.name in _OWN_MODULES:
+        import importlib
+
+        importlib.import_module(_OWN_MODULES[spec.name])  # registers its gymnasium id
+    return spec
+
+
+def _resolve(name: str) -> EnvSpec:
     key = name.strip()
+    exact = [SPECS[n] for n in _OWN_MODULES if SPECS[n].gym_id == key]  # "flowrl/TMaze-v0"
+    if exact:
+        return exact[0]
     m = re.fullmatch(r"([A-Za-z0-9]+)-v(\d+)", key)
     if m and m.group(1).lower() in _GYM_NAMES:
         spec = SPECS[_GYM_NAMES[m.group(1).lower()]]

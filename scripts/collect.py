@@ -8,6 +8,9 @@ Record one level from an existing policy (SB3 SAC/TD3 ``.zip`` or a flowrl behav
 
     flowrl collect hopper --from-policy hopper-medium-sac.zip --level medium --transitions 100000
 
+The memory task ``tmaze`` (:mod:`flowrl.envs.tmaze`) is recorded from its scripted behaviour policy instead
+(``flowrl collect tmaze --transitions 200000`` writes ``flowrl/tmaze/mixed-v0``, loadable as ``tmaze-mixed``).
+
 Datasets are named ``flowrl/<env>/<level>-v0`` under ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``).
 """
 
@@ -46,7 +49,10 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("env", help="environment: hopper, halfcheetah, walker2d, ant, or a gymnasium id (Hopper-v5)")
+    p.add_argument(
+        "env",
+        help="environment: hopper, halfcheetah, walker2d, ant, a gymnasium id (Hopper-v5), or tmaze (the memory task)",
+    )
     p.add_argument(
         "--levels",
         default="random,medium,medium-replay,expert,medium-expert",
@@ -143,6 +149,14 @@ def _run(args) -> int:
         "flowrl collect " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["collect"] else None
     )
     progress = not args.no_progress
+    if args.env == "tmaze":  # flowrl's memory task: a scripted behaviour policy, nothing to train
+        from flowrl.envs.tmaze import record_tmaze
+
+        info = record_tmaze(
+            args.transitions, seed=args.seed, dataset=args.dataset_id, overwrite=args.overwrite, progress=progress
+        )
+        _print_table({"mixed": info})
+        return 0
     if args.from_policy is not None:
         if args.level is None:
             raise UsageError("--from-policy needs --level (medium or expert)")
