@@ -29,6 +29,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from flowrl.errors import InputError, OutputExistsError
+
 __all__ = ["TMazeEnv", "GYM_ID", "scripted_actions", "collect_tmaze", "record_tmaze"]
 
 GYM_ID = "flowrl/TMaze-v0"
@@ -100,7 +102,7 @@ def collect_tmaze(transitions: int, *, seed: int = 0, p_correct: float = 0.5, pr
     from tqdm.auto import tqdm
 
     if transitions < 1 or not 0.0 <= p_correct <= 1.0:
-        raise ValueError(
+        raise InputError(
             f"collect_tmaze: transitions must be >= 1 and p_correct in [0, 1], got {transitions}, {p_correct}"
         )
     rng = np.random.default_rng(seed)
@@ -145,7 +147,7 @@ def record_tmaze(
 
     dataset = dataset or "flowrl/tmaze/mixed-v0"
     if not overwrite and resolve_minari_id(dataset) is not None:  # before minutes of recording, not after
-        raise FileExistsError(f"dataset {dataset} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"dataset {dataset} exists; pass --overwrite to replace it")
     arrays = collect_tmaze(transitions, seed=seed, p_correct=p_correct, progress=progress)
     returns = arrays["rewards"][arrays["terminals"]]  # 1 per success; a timeout ends at 0
     episodes = int(arrays["terminals"].sum() + arrays["timeouts"].sum())
