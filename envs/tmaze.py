@@ -35,6 +35,10 @@ __all__ = ["TMazeEnv", "GYM_ID", "scripted_actions", "collect_tmaze", "record_tm
 
 GYM_ID = "flowrl/TMaze-v0"
 MAX_STEPS = 500
+NOISE = 0.05
+"""Standard deviation of the behaviour policy's action noise. The arm is decided in the one step at the junction
+(after it the position shows it): the smaller the noise on the other steps, the larger that step's share of
+the loss a model learns from."""
 
 
 class TMazeEnv(gym.Env):
@@ -83,27 +87,32 @@ class TMazeEnv(gym.Env):
         return self._obs(), reward, terminated, False, {"cue": self.cue}
 
 
-def scripted_actions(obs: np.ndarray, arm_sign: np.ndarray, rng: np.random.Generator, length: float = 12.0):
+def scripted_actions(
+    obs: np.ndarray, arm_sign: np.ndarray, rng: np.random.Generator, length: float = 12.0, noise: float = NOISE
+):
     """Behaviour actions [N, 2] for observations [N, 3]: down the corridor, then into the arm ``arm_sign`` [N]
-    (±1, chosen per episode). Gaussian noise of std 0.15 on both axes, independent of the cue."""
+    (±1, chosen per episode). Gaussian noise of std ``noise`` on both axes, independent of the cue."""
     n = len(obs)
     x = obs[:, 0] * length
     at_junction = x >= length - 0.3
-    noise = rng.normal(0.0, 0.15, size=(n, 2))
-    ax = np.where(at_junction, (length - x) * 2.0, 0.8) + noise[:, 0]
-    ay = np.where(at_junction, 0.8 * arm_sign, -obs[:, 1] * 2.0) + noise[:, 1]
+    eps = rng.normal(0.0, noise, size=(n, 2))
+    ax = np.where(at_junction, (length - x) * 2.0, 0.8) + eps[:, 0]
+    ay = np.where(at_junction, 0.8 * arm_sign, -obs[:, 1] * 2.0) + eps[:, 1]
     return np.clip(np.stack([ax, ay], 1), -1.0, 1.0).astype(np.float32)
 
 
-def collect_tmaze(transitions: int, *, seed: int = 0, p_correct: float = 0.5, progress: bool = True) -> dict:
+def collect_tmaze(
+    transitions: int, *, seed: int = 0, p_correct: float = 0.5, noise: float = NOISE, progress: bool = True
+) -> dict:
     """Roll out :func:`scripted_actions` for whole episodes until at least ``transitions`` steps are recorded
     (episode i from ``reset(seed=seed + i)``); returns D4RL-layout arrays (observations, actions, rewards,
     terminals, timeouts, next_observations)."""
     from tqdm.auto import tqdm
 
-    if transitions < 1 or not 0.0 <= p_correct <= 1.0:
+    if transitions < 1 or not 0.0 <= p_correct <= 1.0 or not 0.0 <= noise < 1.0:
         raise InputError(
-            f"collect_tmaze: transitions must be >= 1 and p_correct in [0, 1], got {transitions}, {p_correct}"
+            "collect_tmaze: transitions must be >= 1, p_correct in [0, 1] and noise in [0, 1), "
+            f"got {transitions}, {p_correct}, {noise}"
         )
     rng = np.random.default_rng(seed)
     env = gym.make(GYM_ID)
@@ -116,7 +125,7 @@ def collect_tmaze(transitions: int, *, seed: int = 0, p_correct: float = 0.5, pr
             arm = info["cue"] if rng.random() < p_correct else -info["cue"]
             done = False
             while not done:
-                a = scripted_actions(obs[None], np.array([arm]), rng, env.unwrapped.length)[0]
+                a = scripted_actions(obs[None], np.array([arm]), rng, env.unwrapped.length, noise)[0]
                 nxt, r, term, trunc, _ = env.step(a)
                 for k, v in zip(keys, (obs, a, r, term, trunc, nxt)):
                     parts[k].append(v)
@@ -135,6 +144,7 @@ def record_tmaze(
     *,
     seed: int = 0,
     p_correct: float = 0.5,
+    noise: float = NOISE,
     dataset: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -148,13 +158,13 @@ def record_tmaze(
     dataset = dataset or "flowrl/tmaze/mixed-v0"
     if not overwrite and resolve_minari_id(dataset) is not None:  # before minutes of recording, not after
         raise OutputExistsError(f"dataset {dataset} exists; pass --overwrite to replace it")
-    arrays = collect_tmaze(transitions, seed=seed, p_correct=p_correct, progress=progress)
+    arrays = collect_tmaze(transitions, seed=seed, p_correct=p_correct, noise=noise, progress=progress)
     returns = arrays["rewards"][arrays["terminals"]]  # 1 per success; a timeout ends at 0
     episodes = int(arrays["terminals"].sum() + arrays["timeouts"].sum())
     meta = {
         "ref_min_score": 0.0,
         "ref_max_score": 1.0,
-        "policy": f"scripted T-maze behaviour, cued arm with probability {p_correct}",
+        "policy": f"scripted T-maze behaviour, cued arm with probability {p_correct}, action noise std {noise}",
         "seed": seed,
         "command": command,
         "env_name": "tmaze",

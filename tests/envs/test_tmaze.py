@@ -9,6 +9,8 @@ from flowrl.envs import get_spec, make_env
 from flowrl.envs.tmaze import GYM_ID, TMazeEnv, collect_tmaze, scripted_actions
 from gymnasium.utils.env_checker import check_env
 
+from flowrl.errors import InputError
+
 
 def test_registered_and_passes_gymnasiums_checks():
     spec = get_spec("tmaze")
@@ -49,3 +51,12 @@ def test_behaviour_policy_goes_to_the_arm_it_is_told(p_correct, success):
     acts = [scripted_actions(o[None], np.array([1.0]), np.random.default_rng(0)) for o in obs]
     np.testing.assert_array_equal(acts[0], acts[1])
     np.testing.assert_array_equal(acts[0], acts[2])
+
+
+def test_action_noise_is_the_given_std_and_bad_noise_is_refused():
+    obs = np.tile(np.array([[0.3, 0.0, 0.0]], np.float32), (4000, 1))  # mid-corridor, centred: mean (0.8, 0)
+    for std in (0.05, 0.15):
+        acts = scripted_actions(obs, np.ones(4000), np.random.default_rng(0), noise=std)
+        np.testing.assert_allclose(acts.std(0), [std, std], rtol=0.1)
+    with pytest.raises(InputError, match="noise in"):
+        collect_tmaze(10, noise=1.5, progress=False)
