@@ -1,4 +1,9 @@
-"""``flowrl datasets list | info NAME``: the datasets this machine has, and a summary of one."""
+"""``flowrl datasets list | info NAME | derive SRC OUT --keep ...``: the datasets this machine has, a summary of
+one, and partially observed versions of one (``--keep velocities`` makes the ``-v`` POMDP version of a MuJoCo
+locomotion dataset, ``--keep positions`` the ``-p`` one, ``--keep 0,3,4`` any subset).
+
+    flowrl datasets derive /work/shared/datasets/hopper-medium.hdf5 hopper-medium-v.hdf5 --keep velocities
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,21 @@ def add_parser(sub) -> None:
     ip = dsub.add_parser("info", help="episodes, returns, dimensions and reference scores of one dataset")
     ip.add_argument("name", help="path, D4RL name, Minari id or flowrl name")
     ip.set_defaults(run=run_info)
+    dp = dsub.add_parser(
+        "derive",
+        help="write a dataset that keeps only some observation dimensions (POMDP -v / -p versions)",
+        description="Write SRC with only some dimensions of every observation, as a D4RL-layout .hdf5 (or .npz) "
+        "that records them (observation_indices); agents trained on it apply the same selection in every rollout.",
+    )
+    dp.add_argument("src", help="dataset: path, D4RL name, Minari id or flowrl name")
+    dp.add_argument("out", help="file to write: .hdf5 / .h5 (D4RL layout) or .npz")
+    dp.add_argument(
+        "--keep",
+        required=True,
+        help="velocities | positions (hopper, halfcheetah, walker2d, ant) | dimensions I,J,K (0-based, in order)",
+    )
+    dp.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    dp.set_defaults(run=run_derive)
 
 
 def _size(path: Path | None) -> str:
@@ -66,4 +86,13 @@ def run_info(args) -> int:
         if isinstance(v, float):
             v = f"{v:.4g}"
         print(f"{k.ljust(width)}  {v}")
+    return 0
+
+
+def run_derive(args) -> int:
+    from flowrl.envs.derive import write_derived
+
+    out, ds = write_derived(args.src, args.out, args.keep, overwrite=args.overwrite)
+    obs_map = ds.observation_map
+    print(f"wrote {out}: {ds.num_transitions} transitions, {ds.num_episodes} episodes; {obs_map.describe()}")
     return 0

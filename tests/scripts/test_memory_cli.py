@@ -44,3 +44,33 @@ def test_collect_train_and_evaluate_a_memory_model(tmp_path):
     res = flowrl("datasets", "info", "tmaze-mixed", env=minari)
     info = dict(line.split(maxsplit=1) for line in res.stdout.splitlines())
     assert res.returncode == 0 and info["env"] == "tmaze" and 1500 <= int(info["transitions"]) < 1500 + 500
+
+
+def test_datasets_derive_cli(tmp_path, capsys):
+    import numpy as np
+    from flowrl.envs import load_dataset, write_d4rl_hdf5
+    from flowrl.scripts.cli import main
+
+    rng = np.random.default_rng(0)
+    n = 40
+    timeouts = np.zeros(n, bool)
+    timeouts[19::20] = True
+    arrays = {
+        "observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        "rewards": np.ones(n, np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": timeouts,
+    }
+    src = write_d4rl_hdf5(tmp_path / "hopper.hdf5", arrays, metadata={"env_name": "hopper"})
+    out = tmp_path / "hopper-v.hdf5"
+    assert main(["datasets", "derive", str(src), str(out), "--keep", "velocities"]) == 0
+    assert "6 dimension(s) of 11 kept" in capsys.readouterr().out
+    np.testing.assert_array_equal(load_dataset(str(out)).observations, arrays["observations"][:, 5:])
+    # bad input: one line, exit 2, the existing output untouched
+    before = out.read_bytes()
+    assert main(["datasets", "derive", str(src), str(out), "--keep", "positions"]) == 2
+    assert main(["datasets", "derive", str(src), str(tmp_path / "p.hdf5"), "--keep", "0,11"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 2 and "already exists" in err[0] and "dimension 11 is out of range" in err[1]
+    assert out.read_bytes() == before and not (tmp_path / "p.hdf5").exists()
