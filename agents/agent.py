@@ -12,13 +12,17 @@ A saved agent is a folder: ``model.pt`` (a state dict; ``torch.load(weights_only
 ``agent.json`` (algo, config, observation/action sizes, env, the observation map, dataset info). The
 observation map (:class:`flowrl.envs.observations.ObservationMap`: a flattened dict layout and/or kept
 dimensions) comes from the training dataset; policies carry it, so rollouts map the live environment's
-observations the same way.
+observations the same way. ``model.pt`` also holds, under ``"_flowrl.agent"``, the algo, config and
+sizes it was trained with, so loading refuses weights whose agent.json describes another model (flow
+attention weights under a softmax agent.json, say); pop that entry before ``model.load_state_dict``
+if you load the file yourself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,8 @@ __all__ = ["Agent", "DTAgent", "BCAgent", "make_agent", "load_agent", "MODEL_FIL
 
 MODEL_FILE = "model.pt"
 AGENT_FILE = "agent.json"
+CHECKPOINT_NAME = re.compile(r"step_\d{8,}")
+"""A trainer checkpoint folder's name (``checkpoints/latest`` must name one)."""
 
 
 class Agent:
@@ -149,9 +155,101 @@ class Agent:
         return path
 
     def write_into(self, folder: Path) -> None:
+        """Write ``model.pt`` (:meth:`weights`) and ``agent.json`` (:meth:`describe`) into ``folder``."""
+        torch_save(self.weights(), folder / MODEL_FILE)
+        text = json.dumps(self.describe(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        with open(folder / AGENT_FILE, "w") as f:
+            f.write(text)
+
+    def architecture(self) -> dict[str, Any]:
+        """What decides how the weights compute: algo, sizes and the config without its training-only
+        fields (optimizer, batch, dropout); stored inside the weights file."""
+        config = {k: v for k, v in self.config.to_dict().items() if k not in TRAINING_ONLY}
+        return {"algo": self.algo, "config": config, "obs_dim": self.obs_dim, "act_dim": self.act_dim}
+
+    def weights(self) -> dict[str, Tensor]:
+        """The model's state dict on the CPU plus ``WEIGHTS_KEY``: :meth:`architecture` as a uint8 JSON tensor,
+        so a weights file carries what it was trained as (two models of one size can differ in kind)."""
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        torch.save(state, folder / MODEL_FILE)
-        (folder / AGENT_FILE).write_text(json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
+        state[WEIGHTS_KEY] = _json_tensor(self.architecture())
+        return state
+
+    def load_weights(self, state: dict[str, Any], source: str | os.PathLike, against: str = "agent.json") -> None:
+        """Load what :meth:`weights` returned (or a plain state dict); InputError, naming ``source``, when the
+        weights were written for another architecture than this agent's (``against`` names where this
+        agent's came from), another size, or hold NaN/infinity."""
+        state = dict(state)
+        written = state.pop(WEIGHTS_KEY, None)
+        if written is not None:
+            arch = _json_from_tensor(written, source)
+            ours = json.loads(json.dumps(self.architecture()))  # tuples as lists, as in the file
+            diff = _differences(arch, ours)
+            if diff:
+                raise InputError(
+                    f"{source} holds weights of another model than {against} describes: "
+                    + "; ".join(f"{k} is {a!r} in the weights but {b!r} in {against}" for k, a, b in diff[:4])
+                )
+        own = self.model.state_dict()
+        mismatched = [
+            f"{k}: file {tuple(v.shape)} vs config {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and hasattr(v, "shape") and v.shape != own[k].shape
+        ]
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if mismatched or missing or unexpected:
+            detail = "; ".join(
+                mismatched[:3]
+                + [f"missing {missing[:3]}"] * bool(missing)
+                + [f"unexpected {unexpected[:3]}"] * bool(unexpected)
+            )
+            raise InputError(f"{source} does not match the agent's config (another model size?): {detail}")
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise InputError(f"{source} holds NaN or infinite weights (in {', '.join(bad[:3])}); it cannot act")
+        self.model.load_state_dict(state)
+
+
+TRAINING_ONLY = ("lr", "weight_decay", "warmup_steps", "grad_clip", "batch_size", "dropout")
+"""Agent config fields that change how weights are trained, not what they compute."""
+
+WEIGHTS_KEY = "_flowrl.agent"
+"""State-dict entry of a weights file that holds :meth:`Agent.architecture` (JSON as a uint8 tensor)."""
+
+
+def _json_tensor(obj: Any) -> Tensor:
+    return torch.frombuffer(bytearray(json.dumps(obj, sort_keys=True).encode()), dtype=torch.uint8).clone()
+
+
+def _json_from_tensor(t: Any, source: str | os.PathLike) -> dict[str, Any]:
+    try:
+        obj = json.loads(bytes(t.to(torch.uint8).tolist()).decode())
+        if not isinstance(obj, dict):
+            raise ValueError("not an object")
+        return obj
+    except (ValueError, AttributeError, TypeError, UnicodeDecodeError) as e:
+        raise InputError(f"{source}: unreadable {WEIGHTS_KEY} entry ({e})") from None
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, a's value, b's value) where nested dicts ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [(prefix.rstrip(".").removeprefix("config."), a, b)]
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a file object, so a full disk raises ``OSError`` naming ``path`` (a path
+    argument gives an unnamed RuntimeError from torch's zip writer)."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
 
 
 class DTAgent(Agent):
@@ -196,22 +294,22 @@ class DTAgent(Agent):
         f = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=True)  # noqa: E731
         return f(batch.states), f(batch.actions), f(batch.returns_to_go), f(batch.timesteps), f(batch.mask)
 
-    def loss(self, batch) -> Tensor:
+    def loss(self, batch, model: nn.Module | None = None) -> Tensor:
         """Masked action MSE of a ContextBatch, or of an EpisodeBatch for memory models (segments continue
-        from the state of the episode before them, see :mod:`flowrl.agents.memory`)."""
+        from the state of the episode before them, see :mod:`flowrl.agents.memory`). ``model`` runs the
+        forward instead of ``self.model`` (a wrapper of it, e.g. DistributedDataParallel)."""
+        model = model or self.model
         states, actions, rtg, timesteps, mask = self.batch_tensors(batch)
         if self.config.memory and self.config.memory_training == "segments":
             from flowrl.agents.memory import segment_predictions
 
-            pred, steps = segment_predictions(
-                self.model, states, actions, rtg, timesteps, batch.starts, self.config.context
-            )
+            pred, steps = segment_predictions(model, states, actions, rtg, timesteps, batch.starts, self.config.context)
             actions = actions.gather(1, steps[..., None].expand(-1, -1, actions.shape[-1]))
             # positions past the batch's end were clamped to its last step: they must not count it again
             unclamped = steps[:, :1] + torch.arange(steps.shape[1], device=steps.device)
             mask = mask.gather(1, steps) * (unclamped == steps)
         else:
-            pred = self.model(states, actions, rtg, timesteps)
+            pred = model(states, actions, rtg, timesteps)
         err = (pred.float() - actions).square().mean(-1)  # (B, K)
         return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
@@ -284,11 +382,12 @@ class BCAgent(Agent):
         self.check_dataset(dataset)
         return TransitionSampler(dataset, seed=seed, normalize_states=self.config.normalize_states)
 
-    def loss(self, batch) -> Tensor:
+    def loss(self, batch, model: nn.Module | None = None) -> Tensor:
+        """Action MSE of ``batch``; ``model`` runs the forward instead of ``self.model`` (a wrapper of it)."""
         dev = self.device
         states = torch.from_numpy(np.ascontiguousarray(batch.states)).to(dev)
         actions = torch.from_numpy(np.ascontiguousarray(batch.actions)).to(dev)
-        return (self.model(states).float() - actions).square().mean()
+        return ((model or self.model)(states).float() - actions).square().mean()
 
     def make_policy(self, *, rollout: str | None = None, restart_every: int | None = None):
         """A memoryless policy; the rollout options of Decision Transformers do not apply."""
@@ -327,9 +426,9 @@ def _resolve_checkpoint(path: Path) -> Path:
     if (path / AGENT_FILE).exists():
         return path
     latest = path / "checkpoints" / "latest"
-    if latest.exists():
-        name = latest.read_text().strip()
-        if (path / "checkpoints" / name / AGENT_FILE).exists():
+    if latest.is_file():
+        name = latest.read_text(errors="replace").strip()
+        if CHECKPOINT_NAME.fullmatch(name) and (path / "checkpoints" / name / AGENT_FILE).exists():
             return path / "checkpoints" / name
     raise MissingInputError(
         f"{path} is not a flowrl checkpoint: expected {AGENT_FILE} and {MODEL_FILE} in it, "
@@ -368,22 +467,8 @@ def load_agent(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         raise InputError(
             f"checkpoint {folder / MODEL_FILE} is corrupt or truncated ({type(e).__name__}: {e})"
         ) from None
-    own = agent.model.state_dict()
-    mismatched = [
-        f"{k}: file {tuple(v.shape)} vs config {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if mismatched or missing or unexpected:
-        detail = "; ".join(
-            mismatched[:3]
-            + [f"missing {missing[:3]}"] * bool(missing)
-            + [f"unexpected {unexpected[:3]}"] * bool(unexpected)
-        )
-        raise InputError(
-            f"checkpoint {folder / MODEL_FILE} does not match its agent.json (another model size?): {detail}"
-        )
-    agent.model.load_state_dict(state)
+    if not isinstance(state, dict):
+        raise InputError(f"checkpoint {folder / MODEL_FILE} is not a state dict")
+    agent.load_weights(state, folder / MODEL_FILE)
     agent.model.eval()
     return agent.to(device)

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from flowrl.agents.agent import Agent
-from flowrl.agents.trainer import TrainConfig, Trainer
+from flowrl.agents.trainer import TrainConfig, Trainer, prepare, train
 from torch.nn.parallel import DistributedDataParallel
 
 from flowrl.errors import InputError
@@ -371,11 +371,17 @@ def _cleanup(mine: dict[str, Any] | None) -> None:
 
 # ---------------------------------------------------------------------------------------- training
 class DistributedTrainer(Trainer):
-    """A :class:`Trainer` for one rank of an initialized process group: the model is wrapped in DDP.
+    """The :class:`Trainer` loop for one rank of an initialized process group.
 
-    ``batch_size`` is what this rank draws per update (see :func:`per_rank_batch`). The agent must sit on
-    this rank's device and have its normalization fitted (DDP copies rank 0's weights and buffers once,
-    here).
+    The agent's model trains through a DistributedDataParallel wrapper (``self.ddp``) that the agent's
+    loss runs its forward with; the Trainer's hooks are filled in for several processes: a token-weighted
+    loss, logging means over ranks, rank 0 alone writing files and evaluating (its results and errors
+    broadcast to every rank, so no rank waits forever for one that failed), every rank's RNG state in
+    each checkpoint.
+
+    ``batch_size`` is what this rank draws per update (see :func:`per_rank_batch`). Build it after
+    :func:`flowrl.agents.trainer.prepare` on every rank: DDP copies rank 0's weights and buffers (the
+    state statistics) once, here.
     """
 
     def __init__(
@@ -390,6 +396,17 @@ class DistributedTrainer(Trainer):
     ):
         if not dist.is_initialized():
             raise RuntimeError("DistributedTrainer needs a process group: call init_distributed() first")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
+        super().__init__(
+            agent,
+            dataset,
+            config,
+            run_dir,
+            progress=progress,
+            batch_size=batch_size,
+            sampler_seed=config.seed * 1000 + self.rank,  # each rank its own stream
+        )
         device = agent.device
         # Buffers (state mean/std) are copied from rank 0 once, here, and never change in training: no
         # per-forward broadcast (the argument was renamed in recent PyTorch).
@@ -398,24 +415,13 @@ class DistributedTrainer(Trainer):
             if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             else {"broadcast_buffers": False}
         )
-        ddp = DistributedDataParallel(
+        self.ddp = DistributedDataParallel(
             agent.model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
-        )
-        super().__init__(
-            agent,
-            dataset,
-            config,
-            run_dir,
-            progress=progress,
-            rank=dist.get_rank(),
-            world_size=dist.get_world_size(),
-            ddp_model=ddp,
-            batch_size=batch_size,
         )
         self._rank_states: list[dict[str, Any]] | None = None
 
-    def _loss(self, batch) -> torch.Tensor:
-        loss = super()._loss(batch)
+    def compute_loss(self, batch) -> torch.Tensor:
+        loss = self.agent.loss(batch, model=self.ddp)  # the forward through DDP: gradients are all-reduced
         mask = getattr(batch, "mask", None)  # DT batches: the loss is a mean over mask.sum() real tokens
         if mask is None or self.world_size == 1:
             return loss  # equal-sized batches: DDP's plain average is already the global mean
@@ -424,10 +430,24 @@ class DistributedTrainer(Trainer):
         dist.all_reduce(total)
         return loss * (count * self.world_size / total)
 
-    def _mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+    def mean_over_processes(self, x: torch.Tensor) -> torch.Tensor:
         y = x.detach().clone()
         dist.all_reduce(y)
         return y / self.world_size
+
+    def agree(self, fn):
+        """``fn()`` on rank 0; its result, or its exception, on every rank."""
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as e:  # raised on every rank, not only on rank 0
+                box[0] = ("error", e)
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise value
+        return value
 
     # -------------------------------------------------------------- checkpoints and resume
     def _own_rng_state(self) -> dict[str, Any]:
@@ -443,7 +463,7 @@ class DistributedTrainer(Trainer):
         gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
         dist.gather_object(self._own_rng_state(), gathered, dst=0)
         self._rank_states = gathered
-        return super().save_checkpoint()
+        return self.agree(super().save_checkpoint)
 
     def trainer_state(self) -> dict[str, Any]:
         state = super().trainer_state()
@@ -453,17 +473,7 @@ class DistributedTrainer(Trainer):
 
     def resume(self) -> int:
         """Rank 0 reads the newest checkpoint and broadcasts it; every rank restores it and its own RNGs."""
-        box: list[Any] = [None]
-        if self.is_main:
-            try:
-                box[0] = ("ok", self.read_checkpoint())
-            except Exception as e:  # raised on every rank, not only on rank 0
-                box[0] = ("error", e)
-        dist.broadcast_object_list(box, src=0)
-        kind, value = box[0]
-        if kind == "error":
-            raise value
-        weights, state = value
+        weights, state = self.agree(self.read_checkpoint)
         self.load_state(weights, state)  # rank 0's RNG states; replaced below
         saved = state.get("rank_states") or []
         if self.rank < len(saved) and saved[self.rank] is not None:
@@ -507,10 +517,12 @@ def fit_distributed(
     run_dir: str | os.PathLike | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     global_batch: bool = False,
     backend: str | None = None,
     shutdown: bool = True,
+    on_start: Callable[[Trainer], None] | None = None,
 ) -> dict[str, Any]:
     """:func:`flowrl.agents.fit` for one rank of a torchrun job; call it on every rank with the same arguments.
 
@@ -518,23 +530,17 @@ def fit_distributed(
     to this rank's device, trains with DDP and returns rank 0's results (including its evaluation) on
     every rank. ``global_batch=True`` splits ``agent.config.batch_size`` over the ranks instead of
     drawing it on each (see :func:`per_rank_batch`). ``shutdown=False`` keeps the process group open
-    for further collectives.
+    for further collectives. ``resume``, ``overwrite`` and ``on_start`` as in :func:`flowrl.agents.fit`
+    (the run folder is rank 0's).
     """
     config = config or TrainConfig()
     device = init_distributed(backend, device=config.device)
     rank, world = dist.get_rank(), dist.get_world_size()
     batch = per_rank_batch(agent.config.batch_size, world, global_batch=global_batch)
-    torch.manual_seed(_rank_seed(config.seed, rank))
     agent.to(device)
-    agent.fit_normalization(dataset)
-    if run_dir is not None and rank == 0:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    prepare(agent, dataset, _rank_seed(config.seed, rank))
     trainer = DistributedTrainer(agent, dataset, config, run_dir, progress=progress, batch_size=batch)
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs a run_dir")
-        trainer.resume()
-    results = trainer.run()
+    results = train(trainer, resume=resume, overwrite=overwrite, on_start=on_start)
     results["distributed"] = trainer.distributed_info()
     box = [results if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)  # also keeps ranks together until rank 0 is done writing

@@ -10,8 +10,16 @@ A run folder holds::
     results.json              final evaluation (raw and D4RL-normalized returns per target return)
     learning_curve.png        loss and evaluation scores against update steps
 
-Resuming (``resume=True``) restores weights, optimizer, scheduler, the sampler's and torch's RNG states
-and the step counter, so on CPU the final weights equal an uninterrupted run's bit for bit.
+The folder is claimed, replaced and cleaned as :mod:`flowrl.agents.run_folder` describes. Resuming
+(``resume=True``) restores weights, optimizer, scheduler, the sampler's and torch's RNG states and the
+step counter, so on CPU the final weights equal an uninterrupted run's bit for bit. A loss or gradient
+norm that becomes NaN or infinite stops the run (:class:`flowrl.errors.DivergedError`) before it writes
+another checkpoint, so the newest checkpoint is the last good one.
+
+The pieces other trainers reuse: :func:`make_optimizer` (the one place the optimizer and schedule are
+built), :meth:`Trainer.update` (one gradient step), :meth:`Trainer.save_checkpoint` /
+:meth:`Trainer.resume`, and :func:`train` (what :func:`fit` and
+:func:`flowrl.agents.distributed.fit_distributed` share once their trainer is built).
 """
 
 from __future__ import annotations
@@ -21,19 +29,22 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flowrl.agents.agent import Agent
+from flowrl.agents.agent import Agent, torch_save
+from flowrl.agents.learning_curve import plot_learning_curve
+from flowrl.agents.run_folder import open_run_folder
 
 from flowrl import atomic, tiny
-from flowrl.errors import InputError, MissingInputError
+from flowrl.errors import DivergedError, InputError, MissingInputError
 from flowrl.models.config import JsonConfig
 
-__all__ = ["TrainConfig", "Trainer", "fit", "pick_device"]
+__all__ = ["TrainConfig", "Trainer", "fit", "make_optimizer", "pick_device", "prepare", "train"]
 
 TRAINER_FILE = "trainer.pt"
 
@@ -99,6 +110,8 @@ class TrainConfig(JsonConfig):
             if not ok:
                 raise InputError(f"TrainConfig: {msg}")
         self.target_returns = tuple(float(x) for x in self.target_returns)
+        if not all(math.isfinite(x) for x in self.target_returns):
+            raise InputError(f"TrainConfig: target_returns must be finite, got {list(self.target_returns)}")
         pick_device(self.device)  # validates the string
 
 
@@ -134,13 +147,33 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(model: torch.nn.Module, config, device: torch.device):
+    """(AdamW, linear-warmup LambdaLR) for ``model`` with an agent config's lr, weight decay and warmup.
+
+    No weight decay on biases, norms and embeddings; betas (0.9, 0.999); fused where torch has it.
+    """
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999), **fused_kwargs(device)
+    )
+    warmup = config.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+    )
+    return optimizer, scheduler
+
+
 class Trainer:
     """Owns the optimisation state of one agent on one dataset; ``run()`` trains up to ``config.steps``.
 
-    ``rank``/``world_size`` support data-parallel training (see :mod:`flowrl.agents.distributed`): each rank
-    samples with its own seed stream and only rank 0 logs, evaluates and writes files. ``batch_size``
-    overrides ``agent.config.batch_size`` as the number of samples drawn per update (per rank under DDP).
+    ``batch_size`` overrides ``agent.config.batch_size`` as the number of samples drawn per update;
+    ``sampler_seed`` the sampler's seed (default ``config.seed * 1000``). Another way of executing the
+    same loop (several processes, see :class:`flowrl.agents.distributed.DistributedTrainer`) overrides
+    the hooks :meth:`compute_loss`, :meth:`mean_over_processes`, :meth:`agree` and ``is_main``; the
+    loop, the checkpoints and the files stay here.
     """
+
+    is_main: bool = True
+    """Whether this process logs, evaluates and writes files (one process: always)."""
 
     def __init__(
         self,
@@ -150,45 +183,71 @@ class Trainer:
         run_dir: str | os.PathLike | None = None,
         *,
         progress: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        ddp_model: torch.nn.Module | None = None,
         batch_size: int | None = None,
+        sampler_seed: int | None = None,
     ):
         self.agent, self.dataset, self.config = agent, dataset, tiny.shrink(config)  # FLOWRL_TINY (flowrl.tiny)
         config = self.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.progress, self.rank, self.world_size = progress, rank, world_size
-        self.is_main = rank == 0
+        self.progress = progress
         self.device = agent.device
-        acfg = agent.config
-        self.train_model = ddp_model if ddp_model is not None else agent.model
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(agent.model, acfg.weight_decay), lr=acfg.lr, betas=(0.9, 0.999), **fused_kwargs(self.device)
-        )
-        warmup = acfg.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
-        )
-        self.sampler = agent.make_sampler(dataset, seed=config.seed * 1000 + rank)
-        self.batch_size = int(batch_size or acfg.batch_size)
+        self.optimizer, self.scheduler = make_optimizer(agent.model, agent.config, self.device)
+        seed = config.seed * 1000 if sampler_seed is None else sampler_seed
+        self.sampler = agent.make_sampler(dataset, seed=seed)
+        self.batch_size = int(batch_size or agent.config.batch_size)
         self.step = 0
         self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_score": [], "eval_return": []}
         self.update_calls = 0
         self._writer = None
-        # fail now, not after training (e.g. staggered + softmax)
-        self._policy = agent.make_policy(rollout=self._rollout())
-        if config.eval_workers > 1 and agent.device.type != "cpu":
-            raise InputError(f"eval_workers > 1 forks CPU processes; the agent is on {agent.device} (use 1)")
+
+    # ------------------------------------------------------------------ hooks (one process)
+    def compute_loss(self, batch) -> torch.Tensor:
+        """The loss whose gradient one update follows."""
+        return self.agent.loss(batch)
+
+    def mean_over_processes(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of ``x`` over the processes training together (for logging); one process: ``x``."""
+        return x
+
+    def agree(self, fn):
+        """Run ``fn`` where files are written and return its result everywhere (errors too); one process: ``fn()``."""
+        return fn()
+
+    # ------------------------------------------------------------------ checks before anything is written
+    def check(self) -> None:
+        """Everything that can be refused before the run touches its folder: the rollout settings, and the
+        dataset's observation/action sizes against its environment (when the dataset names one). Each
+        process reaches the same verdict; :func:`train` runs it where files are written (:meth:`agree`)."""
+        cfg = self.config
+        policy = self.agent.make_policy(rollout=self._rollout())  # e.g. staggered rollouts of a softmax model
+        if cfg.eval_workers > 1 and self.agent.device.type != "cpu":
+            raise InputError(f"eval_workers > 1 forks CPU processes; the agent is on {self.agent.device} (use 1)")
+        env = self.eval_env()
+        if env is None:
+            return
+        from flowrl.envs import check_compatible, check_episode_limit, make_env
+
+        try:
+            made = make_env(env)
+        except InputError:
+            if cfg.eval_episodes > 0:
+                raise
+            return  # the env cannot be made here (not installed, say): nothing to check it against
+        try:
+            check_compatible(self.dataset, made)
+        finally:
+            made.close()
+        if cfg.eval_episodes > 0:
+            check_episode_limit(policy, env, cfg.max_episode_steps or None)
 
     # ------------------------------------------------------------------ one update
     def update(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One gradient step on ``batch``; returns (loss, grad_norm) as tensors (no host sync)."""
         self.update_calls += 1
-        self.train_model.train()
+        self.agent.model.train()
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.bf16 else contextlib.nullcontext()
         with amp:
-            loss = self._loss(batch)
+            loss = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.agent.config.grad_clip
@@ -198,27 +257,20 @@ class Trainer:
         self.scheduler.step()
         return loss.detach(), norm.detach()
 
-    def _loss(self, batch) -> torch.Tensor:
-        if self.train_model is self.agent.model:
-            return self.agent.loss(batch)
-        # DDP: run the forward through the wrapper so gradients are all-reduced
-        original = self.agent.model
-        try:
-            self.agent.model = self.train_model  # type: ignore[assignment]
-            return self.agent.loss(batch)
-        finally:
-            self.agent.model = original
-
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
+        """Train up to ``config.steps``, evaluate, write results.json and the learning curve."""
+        try:
+            return self._run()
+        finally:
+            if self._writer is not None:  # flushed and closed also when the run fails
+                self._writer.close()
+                self._writer = None
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if cfg.eval_episodes > 0 and self.is_main and self.eval_env() is not None:
-            from flowrl.envs import check_compatible, check_episode_limit
-
-            check_compatible(self.dataset, self.eval_env())  # fail before training, not after it
-            check_episode_limit(self._policy, self.eval_env(), cfg.max_episode_steps or None)
         bar = None
         if self.progress and self.is_main:
             from tqdm.auto import tqdm
@@ -229,7 +281,7 @@ class Trainer:
         t0, s0 = time.perf_counter(), self.step
         window_loss = torch.zeros((), device=self.device)
         window_norm = torch.zeros((), device=self.device)
-        window_n = 0
+        window_n, checked = 0, self.step
         results: dict[str, Any] = {}
         while self.step < cfg.steps:
             loss, norm = self.update(self.sampler.sample(self.batch_size))
@@ -238,13 +290,20 @@ class Trainer:
             window_norm += norm.float()
             window_n += 1
             last = self.step == cfg.steps
-            if self.step % cfg.log_every == 0 or last:
-                mean_loss = float(self._mean_over_ranks(window_loss)) / window_n  # one host sync per log interval
+            log_now = self.step % cfg.log_every == 0 or last
+            checkpoint_now = self.step % cfg.checkpoint_every == 0 or last
+            if log_now or checkpoint_now:  # one host sync: a non-finite step poisons the window's sums
+                mean_loss = float(self.mean_over_processes(window_loss)) / window_n
+                mean_norm = float(window_norm) / window_n
+                if not (math.isfinite(mean_loss) and math.isfinite(mean_norm)):
+                    self._diverged(checked, mean_loss, mean_norm)
+                checked = self.step
+            if log_now:
                 rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
                 self._log_scalars(
                     {
                         "train/loss": mean_loss,
-                        "train/grad_norm": float(window_norm) / window_n,
+                        "train/grad_norm": mean_norm,
                         "train/lr": self.scheduler.get_last_lr()[0],
                         "train/steps_per_s": rate,
                     }
@@ -258,8 +317,8 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
-                self.evaluate()
-            if self.step % cfg.checkpoint_every == 0 or last:
+                self.agree(self.evaluate)
+            if checkpoint_now:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
@@ -272,22 +331,28 @@ class Trainer:
             "final_loss": self.history["loss"][-1] if self.history["loss"] else None,
         }
         if cfg.eval_episodes > 0:
-            results["eval"] = self.evaluate()
+            results["eval"] = self.agree(self.evaluate)
         if self.run_dir is not None:
-            self.save_checkpoint()  # no-op if the last step is already saved; every rank calls it (DDP gathers)
-        if self.is_main and self.run_dir is not None:
-            self._write_results(results)
-            self._plot()
-        if self._writer is not None:
-            self._writer.close()
+            self.save_checkpoint()  # no-op if the last step is already saved; every process calls it
+            self.agree(lambda: (self._write_results(results), self._plot()))
         return results
 
     def _rollout(self) -> str | None:
         return None if self.config.eval_rollout == "auto" else self.config.eval_rollout
 
-    def _mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
-        """Hook for DDP (the mean of ``x`` over ranks, for logging); one process: ``x``."""
-        return x
+    def _diverged(self, since: int, loss: float, norm: float) -> None:
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        value = loss if not math.isfinite(loss) else norm
+        latest = self.checkpoint_dir() / "latest" if self.run_dir is not None else None
+        kept = (
+            f"the last good checkpoint is {latest.parent / latest.read_text().strip()}"
+            if latest is not None and latest.is_file()
+            else "no checkpoint was written"
+        )
+        raise DivergedError(
+            f"training diverged: the {what} became {value} between steps {since + 1} and {self.step}; {kept}. "
+            "Lower --lr, raise --warmup-steps or set --grad-clip, or check the dataset's rewards"
+        )
 
     # ------------------------------------------------------------------ evaluation
     def eval_env(self) -> str | None:
@@ -295,7 +360,7 @@ class Trainer:
         return self.agent.env_name or meta.get("gym_id") or meta.get("env_name")
 
     def evaluate(self) -> list[dict[str, Any]]:
-        """Vectorized rollouts (rank 0 only); logs and returns one dict per target return."""
+        """Vectorized rollouts (main process only); logs and returns one dict per target return."""
         if not self.is_main or self.config.eval_episodes <= 0:
             return []
         from flowrl.envs import evaluate, get_spec
@@ -348,17 +413,18 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step_NNNNNNNN`` (atomically), point ``latest`` at it, drop the oldest."""
         if not self.is_main or self.run_dir is None:
             return None
         root = self.checkpoint_dir()
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(exist_ok=True)
         name = f"step_{self.step:08d}"
         final = root / name
         if final.exists():
             return final
         with atomic.atomic_dir(final) as tmp:
             self.agent.write_into(tmp)
-            torch.save(self.trainer_state(), tmp / TRAINER_FILE)
+            torch_save(self.trainer_state(), tmp / TRAINER_FILE)
         atomic.write_text(root / "latest", name + "\n")
         old = sorted(p for p in root.glob("step_*") if p.is_dir())[: -self.config.keep_checkpoints]
         for p in old:
@@ -377,18 +443,24 @@ class Trainer:
 
     def resume(self) -> int:
         """Restore the newest checkpoint of ``run_dir``; returns the step it resumes from."""
-        self.load_state(*self.read_checkpoint())
+        self.load_state(*self.agree(self.read_checkpoint))
         return self.step
 
     def read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(model weights, trainer state) of the newest checkpoint of ``run_dir``, on the CPU."""
-        from flowrl.agents.agent import MODEL_FILE
+        from flowrl.agents.agent import CHECKPOINT_NAME, MODEL_FILE
 
         root = self.checkpoint_dir()
         latest = root / "latest"
-        if not latest.exists():
-            raise MissingInputError(f"nothing to resume in {self.run_dir}: no checkpoints/latest")
-        folder = root / latest.read_text().strip()
+        if not latest.is_file():
+            raise MissingInputError(
+                f"nothing to resume in {self.run_dir}: no checkpoint yet (the run stopped before its first "
+                "one); start it again with --overwrite"
+            )
+        name = latest.read_text(errors="replace").strip()
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise InputError(f"{latest} names {name!r}, not a checkpoint folder step_NNNNNNNN")
+        folder = root / name
         try:
             weights = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
             state = torch.load(folder / TRAINER_FILE, map_location="cpu", weights_only=True)
@@ -396,22 +468,35 @@ class Trainer:
             raise MissingInputError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
         except Exception as e:
             raise InputError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
+        if not isinstance(weights, dict) or not isinstance(state, dict):
+            raise InputError(f"checkpoint {folder} does not hold a flowrl state dict")
         return weights, state
 
     def load_state(self, weights: dict[str, Any], state: dict[str, Any]) -> None:
         """Apply what :meth:`read_checkpoint` returned: weights, optimizer, scheduler, RNGs, step."""
+        source = self.checkpoint_dir() / "latest" if self.run_dir is not None else "the checkpoint"
+        self.agent.load_weights(weights, source, against="the agent being trained")
         try:
-            self.agent.model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise InputError(
-                f"the checkpoint in {self.run_dir} was written for another model size: {str(e).splitlines()[0]}"
-            ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.sampler.rng.bit_generator.state = state["sampler_rng"]
-        self.history = state["history"]
-        self.step = int(state["step"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.sampler.rng.bit_generator.state = state["sampler_rng"]
+            self.history = state["history"]
+            self.step = int(state["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"{source}: the trainer state is not one flowrl wrote ({type(e).__name__}: {e})") from None
+
+    def run_record(self) -> dict[str, Any]:
+        """``config.json`` of a new run: algo, dataset, agent and train config."""
+        dataset = self.config.extra.get("dataset") or self.dataset.metadata.get("source")
+        return json_safe(
+            {
+                "algo": self.agent.algo,
+                "dataset": dataset,
+                "agent": self.agent.config.to_dict(),
+                "train": self.config.to_dict(),
+            }
+        )
 
     def _write_results(self, results: dict[str, Any]) -> None:
         payload = {
@@ -424,29 +509,7 @@ class Trainer:
         atomic.write_json(self.run_dir / "results.json", json_safe(payload))
 
     def _plot(self) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return
-        h = self.history
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        axes[0].plot(h["step"], h["loss"])
-        axes[0].set(xlabel="update step", ylabel="action MSE", title="training loss", yscale="log")
-        scores = [s for s in h["eval_score"] if s is not None]
-        if scores and len(scores) == len(h["eval_step"]):
-            axes[1].plot(h["eval_step"], scores, marker="o")
-            axes[1].set(ylabel="D4RL-normalized score")
-        else:
-            axes[1].plot(h["eval_step"], h["eval_return"], marker="o")
-            axes[1].set(ylabel="return")
-        axes[1].set(xlabel="update step", title="evaluation (best target)")
-        fig.tight_layout()
-        with atomic.atomic_path(self.run_dir / "learning_curve.png") as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
+        plot_learning_curve(self.history, self.run_dir / "learning_curve.png")
 
 
 def json_safe(x: Any) -> Any:
@@ -465,6 +528,49 @@ def json_safe(x: Any) -> Any:
     return x
 
 
+# ---------------------------------------------------------------------------------------- the shared setup
+def prepare(agent: Agent, dataset, torch_seed: int) -> None:
+    """Before a trainer is built: seed torch (weights drawn later, dropout) and take the dataset's
+    statistics into the agent (state normalisation, env name, return range)."""
+    torch.manual_seed(torch_seed)
+    agent.fit_normalization(dataset)
+
+
+def train(
+    trainer: Trainer,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_start: Callable[[Trainer], None] | None = None,
+) -> dict[str, Any]:
+    """Check, claim the run folder, resume, train: what :func:`fit` and ``fit_distributed`` share.
+
+    Nothing is written before :meth:`Trainer.check` and the folder checks pass. ``on_start(trainer)``
+    runs in the main process once the run has started (the folder claimed, the checkpoint restored).
+    """
+    if resume and trainer.run_dir is None:
+        raise ValueError("resume=True needs a run_dir")
+    trainer.agree(trainer.check)
+    with contextlib.ExitStack() as stack:
+        if trainer.run_dir is not None:
+
+            def claim():
+                if not trainer.is_main:
+                    return None
+                record = None if resume else trainer.run_record()
+                return stack.enter_context(
+                    open_run_folder(trainer.run_dir, resume=resume, overwrite=overwrite, record=record)
+                )
+
+            folder = trainer.agree(claim)
+            trainer.run_dir = Path(folder) if folder is not None else trainer.run_dir
+        if resume:
+            trainer.resume()
+        if on_start is not None and trainer.is_main:
+            on_start(trainer)
+        return trainer.run()
+
+
 def fit(
     agent: Agent,
     dataset,
@@ -472,21 +578,17 @@ def fit(
     run_dir: str | os.PathLike | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
+    on_start: Callable[[Trainer], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``agent`` on ``dataset`` (a TrajectoryDataset); returns training and evaluation results.
 
-    With ``run_dir``, writes checkpoints, TensorBoard events, results.json and learning_curve.png there;
-    ``resume=True`` continues from its latest checkpoint.
+    With ``run_dir``, writes config.json, checkpoints, TensorBoard events, results.json and
+    learning_curve.png there (see :mod:`flowrl.agents.run_folder` for how the folder is claimed);
+    ``resume=True`` continues from its latest checkpoint, ``overwrite=True`` replaces a previous run.
     """
     config = config or TrainConfig()
-    torch.manual_seed(config.seed)
-    agent.fit_normalization(dataset)
+    prepare(agent, dataset, config.seed)
     trainer = Trainer(agent, dataset, config, run_dir, progress=progress)
-    if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs a run_dir")
-        trainer.resume()
-    return trainer.run()
+    return train(trainer, resume=resume, overwrite=overwrite, on_start=on_start)

@@ -140,7 +140,8 @@ def save_behavior(policy: BehaviorPolicy, path: str | os.PathLike, info: dict[st
 
 
 def load_behavior(path: str | os.PathLike) -> BehaviorPolicy:
-    """Load a compact policy (``.pt`` + ``.json``), or convert an SB3 SAC/TD3 ``.zip`` (needs SB3)."""
+    """Load a compact policy (``.pt`` + ``.json``), or convert an SB3 SAC/TD3 ``.zip`` (read without SB3 and
+    without unpickling: see :func:`from_sb3`)."""
     path = Path(path)
     if not path.exists():
         raise MissingInputError(f"no policy file at {path}")
@@ -149,40 +150,69 @@ def load_behavior(path: str | os.PathLike) -> BehaviorPolicy:
     meta_path = _sidecar(path)
     if not meta_path.is_file():
         raise MissingInputError(f"policy {path} has no metadata file {meta_path.name}")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{meta_path} is not a flowrl behaviour policy (format {meta.get('format')!r})")
-    policy = BehaviorPolicy(
-        meta["obs_dim"],
-        meta["act_dim"],
-        tuple(meta["hidden"]),
-        kind=meta["kind"],
-        action_low=meta["action_low"],
-        action_high=meta["action_high"],
-        noise_std=meta.get("noise_std", 0.1),
-    )
-    policy.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise InputError(f"{meta_path} is not a flowrl behaviour policy (format {fmt!r})")
+        policy = BehaviorPolicy(
+            int(meta["obs_dim"]),
+            int(meta["act_dim"]),
+            tuple(int(h) for h in meta["hidden"]),
+            kind=meta["kind"],
+            action_low=meta["action_low"],
+            action_high=meta["action_high"],
+            noise_std=float(meta.get("noise_std", 0.1)),
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{meta_path} is not a valid flowrl behaviour policy file ({type(e).__name__}: {e})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        policy.load_state_dict(state)
+    except Exception as e:  # truncated, foreign, or another size: torch raises several types
+        raise InputError(
+            f"{path} does not hold the weights {meta_path.name} describes ({type(e).__name__}: {e})"
+        ) from None
     policy.info = meta  # everything the sidecar says: env, how it was made, return range
     return policy.eval()
 
 
 def from_sb3(model) -> BehaviorPolicy:
-    """A :class:`BehaviorPolicy` with the actor weights of an SB3 SAC/TD3 model (or the path of its ``.zip``)."""
+    """A :class:`BehaviorPolicy` with the actor weights of an SB3 SAC/TD3 model (or the path of its ``.zip``).
+
+    A ``.zip`` is read without unpickling anything (and without SB3): the actor's weights come from the
+    zip's ``policy.pth`` (``torch.load(weights_only=True)``), the spaces, the algorithm and TD3's noise
+    from the plain fields of its JSON ``data``. SB3's own loader would unpickle parts of ``data``
+    (cloudpickle), which runs whatever code a crafted file carries.
+    """
     if isinstance(model, (str, os.PathLike)):
-        model = _load_sb3_zip(Path(model))
+        return _from_parts(**_read_sb3_zip(Path(model)))
     actor = model.policy.actor
     space = model.action_space
-    obs_dim = int(np.prod(model.observation_space.shape))
-    act_dim = int(np.prod(space.shape))
-    sd = actor.state_dict()
+    return _from_parts(
+        actor_state=actor.state_dict(),
+        obs_dim=int(np.prod(model.observation_space.shape)),
+        act_dim=int(np.prod(space.shape)),
+        low=np.asarray(space.low, dtype=np.float64),
+        high=np.asarray(space.high, dtype=np.float64),
+        use_sde=bool(getattr(actor, "use_sde", False)),
+        noise_std=_td3_noise_std(model),
+        source="the SB3 model",
+    )
+
+
+def _from_parts(*, actor_state, obs_dim, act_dim, low, high, use_sde, noise_std, source) -> BehaviorPolicy:
+    sd = actor_state
     if "latent_pi.0.weight" in sd:  # SAC: latent_pi (Linear, ReLU)*, mu, log_std
-        if getattr(actor, "use_sde", False):
-            raise InputError("SAC with gSDE is not supported; train with use_sde=False")
+        if use_sde:
+            raise InputError(f"{source}: SAC with gSDE is not supported; train with use_sde=False")
         prefix, kind = "latent_pi.", "sac"
     elif "mu.0.weight" in sd:  # TD3: mu = (Linear, ReLU)*, Linear, Tanh
         prefix, kind = "mu.", "td3"
     else:
-        raise InputError("unsupported SB3 actor: expected a SAC or TD3 MlpPolicy")
+        raise InputError(f"{source}: unsupported SB3 actor: expected a SAC or TD3 MlpPolicy")
     linear_ids = sorted({int(k.split(".")[1]) for k in sd if k.startswith(prefix) and k.endswith(".weight")})
     if kind == "td3":
         linear_ids, head = linear_ids[:-1], linear_ids[-1]
@@ -192,20 +222,23 @@ def from_sb3(model) -> BehaviorPolicy:
         act_dim,
         hidden,
         kind=kind,
-        action_low=space.low,
-        action_high=space.high,
-        noise_std=_td3_noise_std(model) if kind == "td3" else 0.1,
+        action_low=low,
+        action_high=high,
+        noise_std=noise_std if kind == "td3" else 0.1,
     )
     new = {}
-    for j, i in enumerate(linear_ids):
+    try:
+        for j, i in enumerate(linear_ids):
+            for p in ("weight", "bias"):
+                new[f"trunk.{2 * j}.{p}"] = sd[f"{prefix}{i}.{p}"]
         for p in ("weight", "bias"):
-            new[f"trunk.{2 * j}.{p}"] = sd[f"{prefix}{i}.{p}"]
-    for p in ("weight", "bias"):
-        new[f"mu.{p}"] = sd[f"mu.{p}"] if kind == "sac" else sd[f"mu.{head}.{p}"]
-        if kind == "sac":
-            new[f"log_std.{p}"] = sd[f"log_std.{p}"]
-    new["action_low"], new["action_high"] = policy.action_low, policy.action_high
-    policy.load_state_dict({k: v.float() for k, v in new.items()})
+            new[f"mu.{p}"] = sd[f"mu.{p}"] if kind == "sac" else sd[f"mu.{head}.{p}"]
+            if kind == "sac":
+                new[f"log_std.{p}"] = sd[f"log_std.{p}"]
+        new["action_low"], new["action_high"] = policy.action_low, policy.action_high
+        policy.load_state_dict({k: v.float() for k, v in new.items()})
+    except (KeyError, RuntimeError) as e:
+        raise InputError(f"{source}: the actor's weights do not form an MLP policy ({e})") from None
     return policy.eval()
 
 
@@ -215,25 +248,60 @@ def _td3_noise_std(model) -> float:
     return float(np.mean(sigma)) if sigma is not None else 0.1
 
 
-def _load_sb3_zip(path: Path):
-    import zipfile
+def _numbers(text: Any, shape: list[int], what: str, path: Path) -> np.ndarray:
+    """A numpy array from the repr SB3 stores for it in ``data`` (``"[-1. -1. -1.]"``)."""
+    try:
+        values = np.array(str(text).replace("[", " ").replace("]", " ").split(), dtype=np.float64)
+        return values.reshape(shape)
+    except (ValueError, TypeError):
+        raise InputError(f"{path}: cannot read {what} from the zip's data ({str(text)[:60]!r})") from None
 
-    from stable_baselines3 import SAC, TD3
+
+def _read_sb3_zip(path: Path) -> dict[str, Any]:
+    """The parts :func:`_from_parts` needs, from an SB3 SAC/TD3 ``.zip``, without unpickling."""
+    import io
+    import zipfile
 
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-            data = json.loads(z.read("data")) if "data" in names else {}
+            if "data" not in names or "policy.pth" not in names:
+                raise InputError(f"{path} is not an SB3 model zip (no data or policy.pth in it)")
+            data = json.loads(z.read("data"))
+            weights = torch.load(io.BytesIO(z.read("policy.pth")), map_location="cpu", weights_only=True)
     except zipfile.BadZipFile as e:
         raise InputError(f"{path} is not an SB3 model zip ({e})") from None
-    module = str(data.get("policy_class", {}).get("__module__", ""))
-    if module.startswith("stable_baselines3.sac"):
-        algo = SAC
-    elif module.startswith("stable_baselines3.td3"):
-        algo = TD3
-    else:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: the zip's data is not JSON ({e})") from None
+    except InputError:
+        raise
+    except Exception as e:  # torch's unpickler refuses anything but tensors and plain containers
+        raise InputError(f"{path}: policy.pth is not a plain state dict ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict) or not isinstance(weights, dict):
+        raise InputError(f"{path} is not an SB3 model zip (unexpected data)")
+    module = str((data.get("policy_class") or {}).get("__module__", ""))
+    if not module.startswith(("stable_baselines3.sac", "stable_baselines3.td3")):
         raise InputError(f"{path} is not an SB3 SAC or TD3 model (policy module {module or 'unknown'!r})")
-    return algo.load(str(path), device="cpu")
+    spaces = {}
+    for key in ("observation_space", "action_space"):
+        space = data.get(key) or {}
+        if "Box" not in str(space.get(":type:", "")) or not isinstance(space.get("_shape"), list):
+            raise InputError(f"{path}: {key} is not a Box; flowrl reads SAC/TD3 policies of Box spaces")
+        spaces[key] = space
+    act = spaces["action_space"]
+    shape = act["_shape"]
+    noise = data.get("action_noise") or {}
+    sigma = noise.get("_sigma") if isinstance(noise, dict) else None
+    return {
+        "actor_state": {k[len("actor.") :]: v for k, v in weights.items() if k.startswith("actor.")},
+        "obs_dim": int(np.prod(spaces["observation_space"]["_shape"])),
+        "act_dim": int(np.prod(shape)),
+        "low": _numbers(act.get("low"), shape, "the action space's low bound", path),
+        "high": _numbers(act.get("high"), shape, "the action space's high bound", path),
+        "use_sde": bool(data.get("use_sde", False)),
+        "noise_std": float(np.mean(_numbers(sigma, [-1], "TD3's action noise", path))) if sigma else 0.1,
+        "source": str(path),
+    }
 
 
 def export_sb3(model, path: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:

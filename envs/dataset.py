@@ -141,7 +141,13 @@ class TrajectoryDataset:
         end_total = csum[ends]
         self.episode_returns = end_total - before[starts]
         episode_of_row = np.repeat(np.arange(starts.size), self.episode_lengths)
-        self.returns_to_go = (end_total[episode_of_row] - before).astype(np.float32)
+        with np.errstate(over="ignore"):  # an overflow is reported below, in one line
+            self.returns_to_go = (end_total[episode_of_row] - before).astype(np.float32)
+        if not (np.isfinite(self.returns_to_go).all() and np.isfinite(self.episode_returns).all()):
+            raise InputError(
+                f"returns-to-go overflow{where}: the rewards of an episode sum beyond float32's range "
+                f"(largest |reward| {float(np.abs(rew).max()):.3g}); rescale the rewards"
+            )
 
         self.state_mean, self.state_std = _mean_std(obs)
 

@@ -8,6 +8,7 @@ gymnasium-robotics ids are registered on demand, and Kitchen gets flowrl's fix
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from flowrl.errors import InputError
@@ -19,7 +20,7 @@ from .specs import EnvSpec, get_spec
 if TYPE_CHECKING:
     from .dataset import TrajectoryDataset
 
-__all__ = ["make_env", "make_rollout_env", "check_compatible"]
+__all__ = ["make_env", "make_rollout_env", "check_compatible", "check_env_id"]
 
 
 def make_env(
@@ -49,9 +50,33 @@ def make_env(
 def _make(gym_id: str, **kwargs: Any):
     import gymnasium
 
-    if needs_robotics(gym_id):  # registered on demand; Kitchen with flowrl's fix (see flowrl.envs.robotics)
-        return make_robotics_env(gym_id, **kwargs)
-    return gymnasium.make(gym_id, **kwargs)
+    with _env_errors(gym_id):
+        if needs_robotics(gym_id):  # registered on demand; Kitchen with flowrl's fix (see flowrl.envs.robotics)
+            return make_robotics_env(gym_id, **kwargs)
+        return gymnasium.make(gym_id, **kwargs)
+
+
+def check_env_id(gym_id: str) -> None:
+    """InputError unless gymnasium knows ``gym_id`` (robotics ids registered first): checked in the
+    parent process, before rollout workers or vector environments would fail on it."""
+    import gymnasium
+
+    from .robotics import ensure_registered
+
+    with _env_errors(gym_id):
+        ensure_registered(gym_id)
+        gymnasium.spec(gym_id)
+
+
+@contextlib.contextmanager
+def _env_errors(gym_id: str):
+    """gymnasium's errors for an id it does not know (or cannot make here) as one-line InputErrors."""
+    import gymnasium
+
+    try:
+        yield
+    except gymnasium.error.Error as e:
+        raise InputError(f"cannot make environment {gym_id!r}: {' '.join(str(e).split())}") from None
 
 
 def make_rollout_env(gym_id: str, obs_map: ObservationMap | None, **kwargs: Any):

@@ -33,7 +33,7 @@ import numpy as np
 from flowrl import atomic, tiny
 from flowrl.errors import InputError, MissingInputError
 
-from .environment import check_compatible, make_env
+from .environment import check_compatible, check_env_id, make_env
 from .eval_workers import Workers, check_workers
 from .observations import ObservationMap
 from .rollout_runner import Runner
@@ -224,6 +224,9 @@ def evaluate(
     if vectorization not in ("sync", "async"):
         raise InputError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
     targets = list(target_returns) or [None]
+    bad = [r for r in targets if r is not None and not np.isfinite(r)]
+    if bad:
+        raise InputError(f"target returns must be finite numbers, got {bad}")
     video_path = _check_video(video, vectorization)
     workers = check_workers(workers, episodes, vectorization, video_path)
     check_episode_limit(policy, spec, max_episode_steps)
@@ -233,6 +236,7 @@ def evaluate(
     limit = max_episode_steps or spec.max_episode_steps
     obs_map = observation_map if observation_map is not None else policy_observation_map(policy)
     kwargs = {**spec.make_kwargs(), **dict(env_kwargs or {})}
+    check_env_id(spec.gym_id)  # an unknown id fails here, in one line, not inside a worker
     if workers > 1:
         runner = Workers(spec, n, limit, kwargs, workers, obs_map)
     else:

@@ -68,12 +68,18 @@ def read_d4rl_hdf5(path: str | os.PathLike, metadata: Mapping[str, Any] | None =
         raise InputError(f"{path}: not a readable HDF5 file ({_short(e)})") from None
     try:
         with f:
-            missing = [k for k in REQUIRED_KEYS if k not in f or not isinstance(f[k], h5py.Dataset)]
+            missing = [k for k in REQUIRED_KEYS if k not in f]
             if missing:
                 raise InputError(
                     f"{path}: missing required key(s) {', '.join(map(repr, missing))} "
                     f"(found: {', '.join(sorted(f.keys())) or 'nothing'}); a D4RL file needs "
                     f"{', '.join(REQUIRED_KEYS)}"
+                )
+            groups = [k for k in REQUIRED_KEYS if not isinstance(f[k], h5py.Dataset)]
+            if groups:
+                raise InputError(
+                    f"{path}: {', '.join(map(repr, groups))} must be an array (an HDF5 dataset), but "
+                    f"{'it is a group' if len(groups) == 1 else 'they are groups'}"
                 )
             arrays = {k: f[k][()] for k in REQUIRED_KEYS}
             attrs = {k: _plain(v) for k, v in f.attrs.items()}

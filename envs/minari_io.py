@@ -302,7 +302,15 @@ def list_minari_ids(root: Path | None = None) -> list[str]:
 
 
 def resolve_minari_id(dataset_id: str, root: Path | None = None) -> Path | None:
-    """The local folder of a Minari id; an id without ``-vN`` picks the highest local version."""
+    """The local folder of a Minari id; an id without ``-vN`` picks the highest local version.
+
+    Raises InputError for an id that is not ``name/name/...`` (letters, digits, ``_`` and ``-``): ``..``
+    or an absolute path would reach outside the Minari root.
+    """
+    if not re.fullmatch(r"[-\w]+(?:/[-\w]+)*", dataset_id):
+        raise InputError(
+            f"malformed Minari dataset id {dataset_id!r}: expected 'namespace/env/name-vN' (letters, digits, _ and -)"
+        )
     root = root or minari_root()
     if re.search(r"-v\d+$", dataset_id):
         p = root / dataset_id

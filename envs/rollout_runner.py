@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flowrl.errors import RunError
+
 from .environment import make_rollout_env
 from .observations import ObservationMap
 from .robotics import ensure_registered, needs_robotics
@@ -115,6 +117,11 @@ class Runner:
             actions = np.asarray(policy.act(obs.astype(np.float32), last_rewards))
             if actions.shape != self.act_shape:
                 raise ValueError(f"policy.act returned shape {actions.shape}, expected {self.act_shape}")
+            if not np.isfinite(actions[active]).all():  # the simulator would turn it into NaN returns
+                raise RunError(
+                    f"the policy produced NaN or infinite actions at step {int(ep_length[active].max())} of an "
+                    f"episode (target return {target}); its weights or inputs overflow, so it cannot be evaluated"
+                )
             rewards, done = self._step(actions, active, obs)
             ep_return[active] += rewards[active]
             ep_length[active] += 1

@@ -10,8 +10,9 @@ Exit codes (every error is one line on stderr, without a traceback):
 - 2: bad input: a :class:`flowrl.errors.InputError` (a bad flag, config value, dataset, checkpoint, policy
   file, environment name, a missing file the user named, an output that exists). The line names the
   problem and the fix; nothing was written or removed.
-- 1: anything else. An ``OSError`` from the system (no space left on the device, permission denied) is
-  reported as such; any other exception is a bug in flowrl, reported with a hint to report it.
+- 1: anything else. A :class:`flowrl.errors.RunError` (a run that stopped for a reason it states, e.g.
+  training diverged) and an ``OSError`` from the system (no space left on the device, permission
+  denied) are reported as such; any other exception is a bug in flowrl, reported with a hint to report it.
   ``FLOWRL_TRACEBACK=1`` prints the full traceback instead.
 - 130: interrupted (Ctrl-C).
 """
@@ -28,7 +29,7 @@ import traceback
 from flowrl.scripts.argtypes import UsageError
 
 from flowrl import tiny
-from flowrl.errors import InputError
+from flowrl.errors import InputError, RunError
 
 __all__ = ["UsageError", "main", "build_parser"]
 
@@ -82,6 +83,9 @@ def report_error(prog: str, e: BaseException) -> int:
         return 2
     if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
         traceback.print_exception(e)
+        return 1
+    if isinstance(e, RunError):
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     if isinstance(e, OSError) and e.strerror:
         where = f": {e.filename}" if e.filename else ""

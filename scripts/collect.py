@@ -115,7 +115,9 @@ def add_parser(sub) -> None:
         "--from-policy",
         metavar="PATH",
         default=None,
-        help="record from this SB3 .zip or flowrl .pt instead of training",
+        help="record from this SB3 SAC/TD3 .zip or flowrl .pt instead of training. Neither can run code: a .zip "
+        "is read without unpickling (the actor's weights with torch.load(weights_only=True), the spaces from its "
+        "JSON), so it needs no SB3 and no trust in whoever made it",
     )
     p.add_argument("--level", default=None, help="with --from-policy: the level name to write (medium or expert)")
     p.add_argument(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,11 @@ from typing import Any
 from flowrl.scripts.argtypes import UsageError
 from flowrl.scripts.dataclass_args import add_dataclass_arguments, given_values
 
+from flowrl.errors import InputError
+
 DEFAULT_DATASET = "hopper-medium"
 DEFAULT_STEPS = 1800  # the main job: ~5 min on a 2-core CPU (~7 steps/s fp32) with data generation and evaluation
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "config.json"  # flowrl.agents.run_folder.CONFIG_FILE, without importing torch for --help
 
 
 def add_parser(sub) -> None:
@@ -101,27 +102,8 @@ def _default_out(dataset: str, algo: str, attention: str | None) -> Path:
     return Path("runs") / f"{name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (out / CONFIG_FILE).is_file():
-            raise UsageError(f"--resume: {out} is not a flowrl run folder (no {CONFIG_FILE})")
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(
-                f"run folder {out} already exists; use --resume to continue it or --overwrite to replace it"
-            )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write to run folder {out}: {e.strerror}") from None
-
-
-def build(args) -> tuple[str, Any, Any, str]:
-    """(algo, agent config, train config, dataset) from defaults, preset, config file and flags."""
+def build(args) -> tuple[str, Any, Any, str, list[str]]:
+    """(algo, agent config, train config, dataset, notes) from defaults, preset, config file and flags."""
     from flowrl.agents.config import CONFIGS, PRESETS, BCConfig, DecisionTransformerConfig
     from flowrl.agents.trainer import TrainConfig
 
@@ -143,21 +125,88 @@ def build(args) -> tuple[str, Any, Any, str]:
     train_values.pop("extra", None)
     if "steps" not in train_values:
         train_values["steps"] = DEFAULT_STEPS
-    try:
-        train_cfg = TrainConfig.from_dict(train_values)
-        agent_cfg = agent_cls.from_dict(agent_values)
-    except TypeError as e:
-        raise UsageError(f"bad config value: {e}") from None
+    train_cfg = TrainConfig.from_dict(train_values)
+    agent_cfg = agent_cls.from_dict(agent_values)
+    notes = []
     # a warmup longer than the run would keep the learning rate far below its peak for the whole run
     if "warmup_steps" not in agent_values and train_cfg.steps and agent_cfg.warmup_steps > train_cfg.steps // 5:
-        print(
+        notes.append(
             f"note: warmup_steps {agent_cfg.warmup_steps} > steps/5; using {train_cfg.steps // 10} "
-            "(set --warmup-steps to choose)",
-            file=sys.stderr,
+            "(set --warmup-steps to choose)"
         )
         agent_cfg = agent_cls.from_dict({**agent_values, "warmup_steps": train_cfg.steps // 10})
     dataset = args.dataset or file.get("dataset") or DEFAULT_DATASET
-    return algo, agent_cfg, train_cfg, dataset
+    return algo, agent_cfg, train_cfg, dataset, notes
+
+
+# TrainConfig fields a resumed run may change: its budget, evaluation, checkpointing and where it runs.
+# The others (and every agent setting) are the run's identity: changing them would silently not apply.
+_RESUME_FIXED_TRAIN = ("seed",)
+
+
+def resumed(args, out: Path) -> tuple[str, Any, Any, str, list[str]]:
+    """(algo, agent config, train config, dataset, notes) of the run in ``out`` with the flags a resume
+    may change; flags (or --config values, or a --preset) that contradict the saved run are refused."""
+    from flowrl.agents.config import CONFIGS, PRESETS, config_from_dict
+    from flowrl.agents.trainer import TrainConfig
+
+    path = out / CONFIG_FILE
+    saved = _load_config_file(str(path), what="--resume: the run config")
+    lacking = [k for k in ("algo", "agent", "train", "dataset") if k not in saved]
+    if lacking:
+        raise UsageError(f"--resume: the run config {path} lacks {', '.join(lacking)}")
+    algo = saved["algo"]
+    try:
+        agent_cfg = config_from_dict(algo, saved["agent"])
+        train_saved = TrainConfig.from_dict({k: v for k, v in saved["train"].items() if k != "extra"})
+    except InputError as e:
+        raise UsageError(f"--resume: the run config {path} is invalid: {e}") from None
+    file = _load_config_file(args.config)
+    conflicts = []
+    for where, value in (("--algo", args.algo), ("--config algo", file.get("algo"))):
+        if value is not None and value != algo:
+            conflicts.append(f"{where} {value} (the run is {algo})")
+    requested = {**(PRESETS[args.preset] if args.preset and algo == "dt" else {}), **file.get("agent", {})}
+    for cls in dict.fromkeys([CONFIGS[algo], *CONFIGS.values()]):
+        requested.update(given_values(args, cls))
+    if args.preset and algo != "dt":
+        conflicts.append(f"--preset {args.preset} (the run is {algo})")
+    saved_agent = agent_cfg.to_dict()
+    for name, value in requested.items():
+        flag = "--" + name.replace("_", "-")
+        if name not in saved_agent:
+            conflicts.append(f"{flag} (not a setting of {algo})")
+        elif _normal(value) != _normal(saved_agent[name]):
+            conflicts.append(f"{flag} {_show(value)} (the run has {_show(saved_agent[name])})")
+    train_values = {**file.get("train", {}), **given_values(args, TrainConfig)}
+    train_values.pop("extra", None)
+    for name in _RESUME_FIXED_TRAIN:
+        if name in train_values and _normal(train_values[name]) != _normal(getattr(train_saved, name)):
+            flag = "--" + name.replace("_", "-")
+            conflicts.append(f"{flag} {_show(train_values[name])} (the run has {_show(getattr(train_saved, name))})")
+    if conflicts:
+        raise UsageError(
+            f"--resume continues the run in {out} as it was configured; these contradict it: {'; '.join(conflicts)}"
+            " (start a new run with another --out, or --overwrite)"
+        )
+    train_cfg = TrainConfig.from_dict({**train_saved.to_dict(), **train_values})
+    dataset = args.dataset or file.get("dataset") or saved["dataset"]
+    notes = [f"note: the run was started on dataset {saved['dataset']}"] if dataset != saved["dataset"] else []
+    return algo, agent_cfg, train_cfg, dataset, notes
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_normal(v) for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
 
 
 def _load(dataset: str, *, download: bool, progress: bool):
@@ -170,71 +219,67 @@ def _load(dataset: str, *, download: bool, progress: bool):
 
 
 def run(args) -> int:
-
     from flowrl.agents import fit, make_agent
-    from flowrl.agents.config import config_from_dict
     from flowrl.agents.distributed import distributed_env, fit_distributed, is_main_process, load_dataset_shared
-    from flowrl.agents.trainer import TrainConfig, pick_device
+    from flowrl.agents.run_folder import check_run_folder
+    from flowrl.agents.trainer import pick_device
     from flowrl.scripts.report import eval_table, table
-
-    from flowrl import atomic
 
     progress = not args.quiet
     ddp = distributed_env() is not None  # started by torchrun: data-parallel; only rank 0 writes and prints
     main = is_main_process()
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out RUN_FOLDER")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: pass one of them")
+    # Everything is checked before anything is written: the settings, the run folder (without touching
+    # it), the dataset and the model; the folder is claimed only when training starts (see fit).
     if args.resume:
-        if args.out is None:
-            raise UsageError("--resume needs --out RUN_FOLDER")
         out = Path(args.out)
-        _prepare_out(out, resume=True, overwrite=False)
-        saved = _load_config_file(str(out / CONFIG_FILE), what="--resume: the run config")
-        lacking = [k for k in ("algo", "agent", "train", "dataset") if k not in saved]
-        if lacking:
-            raise UsageError(f"--resume: the run config {out / CONFIG_FILE} lacks {', '.join(lacking)}")
-        algo, dataset = saved["algo"], args.dataset or saved["dataset"]
-        agent_cfg = config_from_dict(algo, saved["agent"])
-        train_cfg = TrainConfig.from_dict({**saved["train"], **given_values(args, TrainConfig)})
+        check_run_folder(out, resume=True, overwrite=False)
+        algo, agent_cfg, train_cfg, dataset, notes = resumed(args, out)
     else:
-        algo, agent_cfg, train_cfg, dataset = build(args)
+        algo, agent_cfg, train_cfg, dataset, notes = build(args)
         out = Path(args.out) if args.out else _default_out(dataset, algo, getattr(agent_cfg, "attention", None))
-        if main:
-            _prepare_out(out, resume=False, overwrite=args.overwrite)
-        if args.overwrite and main:
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if not ddp:
+            check_run_folder(out, resume=False, overwrite=args.overwrite)
 
     t0 = time.perf_counter()
-    if ddp:  # one copy per machine, shared by its processes
-        ds = load_dataset_shared(
-            lambda: _load(dataset, download=args.download, progress=progress), device=train_cfg.device
-        )
+    if ddp:  # one copy per machine, shared by its processes; rank 0's errors are raised on every rank
+
+        def load():
+            if is_main_process() and not args.resume:
+                check_run_folder(out, resume=False, overwrite=args.overwrite)
+            return _load(dataset, download=args.download, progress=progress)
+
+        ds = load_dataset_shared(load, device=train_cfg.device)
     else:
         ds = _load(dataset, download=args.download, progress=progress)
     load_s = time.perf_counter() - t0
     device = pick_device(train_cfg.device)
     agent = make_agent(agent_cfg, ds.obs_dim, ds.act_dim, seed=train_cfg.seed, env_name=ds.env_name).to(device)
     train_cfg.extra = {**train_cfg.extra, "dataset": dataset}
-    if not args.resume and main:
-        record = {"algo": algo, "dataset": dataset, "agent": agent_cfg.to_dict(), "train": train_cfg.to_dict()}
-        atomic.write_json(out / CONFIG_FILE, record)
     n_params = sum(p.numel() for p in agent.model.parameters())
     s = ds.summary()
     what = f"{algo}" + (f" ({agent_cfg.attention} attention)" if algo == "dt" else "")
-    if main:
+
+    def on_start(trainer) -> None:  # the run has started: its folder is claimed, nothing was refused
+        for note in notes:
+            print(note, file=sys.stderr)
         print(
-            f"flowrl train: {what}, {n_params / 1e6:.2f}M parameters, {train_cfg.steps} steps on {device}"
+            f"flowrl train: {what}, {n_params / 1e6:.2f}M parameters, {train_cfg.steps} steps on {trainer.device}"
             f"{' with bf16 autocast' if train_cfg.bf16 else ''}\n"
             f"dataset {dataset}: {s['transitions']} transitions, {s['episodes']} episodes, "
             f"return {s['return_mean']:.1f} ± {s['return_std']:.1f} (loaded in {load_s:.1f}s)\n"
-            f"run folder: {out}",
+            f"run folder: {out}" + (f" (resumed at step {trainer.step})" if args.resume else ""),
             flush=True,
         )
+
+    kw = dict(resume=args.resume, overwrite=args.overwrite, progress=progress, on_start=on_start)
     if ddp:
-        results = fit_distributed(
-            agent, ds, train_cfg, out, resume=args.resume, progress=progress, global_batch=args.global_batch
-        )
+        results = fit_distributed(agent, ds, train_cfg, out, global_batch=args.global_batch, **kw)
     else:
-        results = fit(agent, ds, train_cfg, out, resume=args.resume, progress=progress)
+        results = fit(agent, ds, train_cfg, out, **kw)
     if not main:
         return 0
     tr = results["train"]

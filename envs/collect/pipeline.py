@@ -30,7 +30,7 @@ from flowrl.envs.collect.recording import (
     record,
     summarize,
 )
-from flowrl.envs.collect.training import RUN_FILE, BehaviorTrainingConfig, load_model, train_behavior
+from flowrl.envs.collect.training import RUN_FILE, BehaviorTrainingConfig, train_behavior
 from flowrl.envs.collect.writers import check_free_space, dataset_id, estimate_bytes, flowrl_version, write_level
 
 from flowrl import tiny
@@ -167,7 +167,7 @@ def collect(
         final_ck = select_expert(ckpts, cfg.expert_rule)
         medium_ck = select_medium(ckpts, cfg.medium_fraction, expert=final_ck, rule=cfg.medium_rule)
         for name, ck in (("medium", medium_ck), ("expert", final_ck)):
-            policies[name] = from_sb3(load_model(cfg.algo, run_dir / ck["model"]))
+            policies[name] = from_sb3(run_dir / ck["model"])  # the actor only, read without unpickling
         if export_behavior is not None:
             info = {
                 "algorithm": f"SB3 {cfg.algo.upper()}",

@@ -7,12 +7,11 @@ A run directory holds::
     run.json                       config + one entry per checkpoint; written last, so it is the commit point
     checkpoints/step_0010000.zip   the SB3 model at that step (``SAC.load``)
     replay_buffer.npz              every transition so far, in time order (run.json's ``buffer_pos`` rules)
-    lock                           held by the process training in this directory
+    lock                           while a process trains here: its lock (flowrl.lock), holding its pid
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from flowrl.envs.collect.recording import make_env, one_torch_thread, progress_b
 
 from flowrl import atomic, tiny
 from flowrl.errors import InputError, MissingInputError
+from flowrl.lock import folder_lock
 
 __all__ = [
     "ALGORITHMS",
@@ -175,32 +175,9 @@ def train_behavior(
     spec = get_spec(cfg.env)
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    with _run_lock(run_dir), one_torch_thread():
+    # Exclusive use: two trainers appending to one replay buffer would corrupt it.
+    with folder_lock(run_dir, name="lock", hint="wait for it or use another --run-dir"), one_torch_thread():
         return _train(cfg, spec, run_dir, progress, on_checkpoint, command)
-
-
-@contextlib.contextmanager
-def _run_lock(run_dir: Path):
-    """Exclusive use of a run directory: two trainers appending to one replay buffer would corrupt it."""
-    import fcntl
-
-    with open(run_dir / "lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise InputError(
-                f"run directory {run_dir} is in use by another process "
-                f"(pid {f.read().strip() or 'unknown'}); wait for it or use another --run-dir"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _train(cfg: BehaviorTrainingConfig, spec, run_dir: Path, progress: bool, on_checkpoint, command) -> dict:

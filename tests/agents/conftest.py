@@ -58,7 +58,10 @@ def toy_dataset(episodes: int = 200, seed: int = 0) -> TrajectoryDataset:
     )
 
 
-def random_dataset(n: int = 600, obs_dim: int = 5, act_dim: int = 2, episode: int = 50, seed: int = 0):
+def random_dataset(
+    n: int = 600, obs_dim: int = 5, act_dim: int = 2, episode: int = 50, seed: int = 0, env: str | None = None
+):
+    """Random transitions; ``env`` names an environment in the metadata (training checks that they fit it)."""
     rng = np.random.default_rng(seed)
     timeouts = np.zeros(n, bool)
     timeouts[episode - 1 :: episode] = True
@@ -68,7 +71,7 @@ def random_dataset(n: int = 600, obs_dim: int = 5, act_dim: int = 2, episode: in
         rng.normal(size=n).astype(np.float32),
         np.zeros(n, bool),
         timeouts,
-        {"gym_id": TOY_ID},
+        {} if env is None else {"gym_id": env},
     )
 
 

@@ -17,9 +17,12 @@ from flowrl.agents import (
     make_agent,
     preset,
 )
+from flowrl.agents.agent import WEIGHTS_KEY
 from flowrl.agents.config import config_from_dict
 
-from .conftest import random_dataset, toy_dataset
+from flowrl.errors import InputError
+
+from .conftest import TOY_ID, random_dataset, toy_dataset
 
 AGENTS = {
     "flow-dt": lambda: DecisionTransformerConfig(context=6, dim=16, depth=2, heads=2, warmup_steps=5, batch_size=8),
@@ -79,6 +82,9 @@ def test_save_load_identical_actions(kind, tiny_data, tmp_path):
     agent.save(tmp_path / "agent")
     loaded = load_agent(tmp_path / "agent")
     saved = torch.load(tmp_path / "agent" / "model.pt", weights_only=True)  # plain tensors only
+    # besides the weights, the file records what model they are (algo, sizes, settings) as JSON bytes
+    record = json.loads(bytes(saved.pop(WEIGHTS_KEY).tolist()))
+    assert record == json.loads(json.dumps(agent.architecture()))
     _assert_same_weights(saved, agent.model.state_dict())
     _assert_same_weights(loaded.model.state_dict(), agent.model.state_dict())
     assert loaded.config == agent.config and loaded.algo == agent.algo
@@ -382,7 +388,13 @@ def test_checkpoint_of_another_size_or_truncated(tiny_data, tmp_path):
     meta = json.loads((tmp_path / "a" / "agent.json").read_text())
     meta["config"]["dim"] = 32
     (tmp_path / "a" / "agent.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="does not match its agent.json.*another model size"):
+    with pytest.raises(InputError, match="another model than agent.json describes: dim is 16 in the weights but 32"):
+        load_agent(tmp_path / "a")
+    # a plain state dict (no description inside) of another size is refused by its shapes
+    state = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    del state["_flowrl.agent"]
+    torch.save(state, tmp_path / "a" / "model.pt")
+    with pytest.raises(InputError, match="does not match the agent's config.*another model size"):
         load_agent(tmp_path / "a")
     agent.save(tmp_path / "b")
     data = (tmp_path / "b" / "model.pt").read_bytes()
@@ -393,6 +405,30 @@ def test_checkpoint_of_another_size_or_truncated(tiny_data, tmp_path):
         load_agent(tmp_path)
 
 
+@pytest.mark.parametrize("saved, claimed", [("softmax", "flow"), ("flow", "softmax")])
+def test_weights_of_another_attention_kind_are_refused(tiny_data, tmp_path, saved, claimed):
+    """Flow and softmax weights have the same names and shapes: only the weights' own record tells them apart."""
+    agent = make_agent(DecisionTransformerConfig(context=6, dim=16, depth=1, heads=2, attention=saved), 5, 2)
+    agent.save(tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / "agent.json").read_text())
+    meta["config"]["attention"] = claimed
+    (tmp_path / "a" / "agent.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=f"attention is '{saved}' in the weights but '{claimed}' in agent.json"):
+        load_agent(tmp_path / "a")
+    meta["config"]["attention"] = saved
+    (tmp_path / "a" / "agent.json").write_text(json.dumps(meta))
+    assert load_agent(tmp_path / "a").config.attention == saved
+
+
+def test_nan_weights_are_refused(tiny_data, tmp_path):
+    agent = _agent("flow-dt", tiny_data)
+    with torch.no_grad():
+        next(agent.model.parameters()).fill_(float("nan"))
+    agent.save(tmp_path / "a")
+    with pytest.raises(InputError, match="NaN or infinite weights"):
+        load_agent(tmp_path / "a")
+
+
 def test_dataset_of_other_sizes_is_refused(tiny_data):
     agent = _agent("flow-dt", tiny_data)
     other = random_dataset(obs_dim=7)
@@ -400,16 +436,18 @@ def test_dataset_of_other_sizes_is_refused(tiny_data):
         fit(agent, other, TrainConfig(steps=1, **QUICK), progress=False)
 
 
-def test_dataset_that_does_not_fit_the_env_fails_before_training(tiny_data, tmp_path):
-    agent = _agent("flow-dt", tiny_data)  # 5-d observations, but the metadata names the 2-d toy env
-    with pytest.raises(ValueError, match="does not fit"):
-        fit(agent, tiny_data, TrainConfig(steps=2, eval_episodes=1), tmp_path / "r", progress=False)
-    assert not (tmp_path / "r" / "checkpoints").exists()
+@pytest.mark.parametrize("eval_episodes", [1, 0])
+def test_dataset_that_does_not_fit_the_env_fails_before_training(tmp_path, eval_episodes):
+    data = random_dataset(env=TOY_ID)  # 5-d observations, 2-d actions, but the metadata names the 2-d/1-d toy env
+    agent = _agent("flow-dt", data)
+    with pytest.raises(InputError, match="observations have size 5 but .* expects 2; actions have size 2 .* expects 1"):
+        fit(agent, data, TrainConfig(steps=2, eval_episodes=eval_episodes), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # nothing written
 
 
 def test_resume_refuses_another_model_size(tiny_data, tmp_path):
     fit(_agent("flow-dt", tiny_data), tiny_data, TrainConfig(steps=2, **QUICK), tmp_path / "r", progress=False)
     bigger = make_agent(DecisionTransformerConfig(context=6, dim=32, depth=2, heads=2), 5, 2)
-    with pytest.raises(ValueError, match="another model size"):
+    with pytest.raises(InputError, match="dim is 16 in the weights but 32 in the agent being trained"):
         fit(bigger, tiny_data, TrainConfig(steps=4, **QUICK), tmp_path / "r", resume=True, progress=False)
     assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_00000002"

@@ -117,8 +117,8 @@ class _RankSlice:
 class _Unweighted(DistributedTrainer):
     """DDP with a plain average of the ranks' per-token means (what the token weighting corrects)."""
 
-    def _loss(self, batch):
-        return Trainer._loss(self, batch)
+    def compute_loss(self, batch):
+        return self.agent.loss(batch, model=self.ddp)
 
 
 def _agent(kind: str, ds, seed: int = 0):

@@ -10,7 +10,7 @@ from flowrl.agents.config import PRESETS, preset
 from flowrl.agents.memory import prefix_state, segment_predictions
 from flowrl.envs import EpisodeSampler, evaluate
 
-from .conftest import TOY_HORIZON, random_dataset, toy_dataset
+from .conftest import TOY_HORIZON, TOY_ID, random_dataset, toy_dataset
 
 
 def _memory_agent(obs_dim=4, act_dim=2, **kw):
@@ -189,11 +189,11 @@ def test_episodes_longer_than_the_timestep_table_are_refused(tmp_path):
         evaluate(agent.make_policy(), ds.metadata["gym_id"], episodes=1, target_returns=(5.0,), progress=False)
     evaluate(agent.make_policy(), ds.metadata["gym_id"], episodes=1, target_returns=(5.0,), max_episode_steps=12)
     # training on 10-step episodes for an environment with a 20-step limit fails before the first update
-    short = random_dataset(n=200, obs_dim=2, act_dim=1, episode=10)
+    short = random_dataset(n=200, obs_dim=2, act_dim=1, episode=10, env=TOY_ID)
     seg = DecisionTransformerConfig(memory=True, memory_training="segments", context=4, max_timestep=12, dim=16)
     with pytest.raises(ValueError, match="episodes of up to 20 steps .* max_timestep=12"):
         fit(make_agent(seg, 2, 1), short, TrainConfig(steps=1, eval_episodes=1), tmp_path / "run", progress=False)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 @pytest.mark.parametrize("training", ["episodes", "segments"])

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from flowrl.envs import TrajectoryDataset
 
+from flowrl.errors import InputError
+
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
 
@@ -161,3 +163,40 @@ def test_bad_input(make_data, change, message):
 def test_direct_construction_is_refused():
     with pytest.raises(TypeError):
         TrajectoryDataset()
+
+
+# ---------------------------------------------------------------------- bad files name themselves (issue 15)
+def test_returns_to_go_that_overflow_float32_are_refused():
+    n = 4
+    t, o = _flags(n, timeout_at=[3])
+    with pytest.raises(InputError, match=r"returns-to-go overflow: the rewards of an episode sum beyond float32"):
+        _ds(t, o, rewards=np.full(n, 3e38, np.float32))
+
+
+def test_an_hdf5_key_that_is_a_group_is_named_as_such(tmp_path):
+    import h5py
+    from flowrl.envs import load_dataset
+
+    path = tmp_path / "grouped.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_group("observations").create_dataset("x", data=np.zeros((3, 2)))
+        for k in KEYS[1:]:
+            f.create_dataset(k, data=np.zeros(3))
+    with pytest.raises(InputError) as e:
+        load_dataset(path)
+    assert str(e.value) == f"{path}: 'observations' must be an array (an HDF5 dataset), but it is a group"
+
+
+def test_minari_ids_cannot_reach_outside_the_minari_root(tmp_path, monkeypatch):
+    """An id is a name: ``..`` and absolute paths are refused, even where a dataset exists at that path."""
+    from flowrl.envs import load_dataset, write_minari_dataset
+
+    root = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    t, o = _flags(4, timeout_at=[3])
+    arrays = dict(observations=np.zeros((4, 2)), actions=np.zeros((4, 1)), rewards=np.ones(4))
+    write_minari_dataset("outside/x/medium-v0", **arrays, terminals=t, timeouts=o, env_id=None, root=tmp_path)
+    assert (tmp_path / "outside" / "x" / "medium-v0").is_dir()
+    for dataset_id in ("../outside/x/medium-v0", "mujoco/../../outside/x/medium-v0", "../outside/x/medium"):
+        with pytest.raises(InputError, match="malformed Minari dataset id"):
+            load_dataset(dataset_id)
