@@ -395,7 +395,8 @@ def _complete_metadata(meta: dict[str, Any]) -> dict[str, Any]:
         # D4RL's goal and manipulation suites: the dataset name says the task (which maze, which Kitchen
         # tasks); the gymnasium id only where it names the same task (it may carry another version).
         task = next((suite_task(n) for k in ("dataset_name", "dataset_id") if isinstance(n := meta.get(k), str)), None)
-        if task is not None:
+        # (D4RL's AntMaze files stay in D4RL's mirrored frame: they name no gymnasium-robotics task)
+        if task is not None and meta.get("maze_frame") != "d4rl":
             gid = meta.get("gym_id")
             same = isinstance(gid, str) and _gym_like(gid) and suite_task(gid) == task
             env_name = gid if same else task

@@ -24,6 +24,7 @@ import numpy as np
 from flowrl import atomic
 from flowrl.errors import InputError, MissingInputError, OutputExistsError
 
+from .d4rl_suites import d4rl_name_of_file, d4rl_suite_file, to_suite_layout
 from .dataset import REQUIRED_KEYS, TrajectoryDataset
 from .observations import ObservationMap
 
@@ -84,9 +85,13 @@ def read_d4rl_hdf5(path: str | os.PathLike, metadata: Mapping[str, Any] | None =
             arrays = {k: f[k][()] for k in REQUIRED_KEYS}
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
             meta = {**attrs, **dict(metadata or {}), "source": str(path), "format": "d4rl-hdf5"}
+            # D4RL's maze, AntMaze, Adroit and Kitchen files: into gymnasium-robotics' layout
+            name = meta.get("dataset_name") or d4rl_name_of_file(path.name)
+            arrays, suite_meta = to_suite_layout(name, f, arrays, path)
+            meta.update(suite_meta)
             ds = _build(arrays, meta, None, path)
             nxt = f.get("next_observations")
-            if isinstance(nxt, h5py.Dataset):
+            if isinstance(nxt, h5py.Dataset) and not suite_meta:
                 ds.final_observations = _final_from_next(nxt, ds, path)
     except (OSError, KeyError, RuntimeError) as e:
         # h5py raises these for truncated files and damaged chunks, often only when data is read.
@@ -291,6 +296,9 @@ def d4rl_filename(name: str) -> str:
     parsed = parse_d4rl_name(name)
     if parsed is None:
         raise InputError(f"{name!r} is not a D4RL dataset name such as 'hopper-medium-v2'")
+    suite = d4rl_suite_file(name)
+    if suite is not None:
+        return suite[1]
     env, level, version = parsed
     stem = f"{env}_{level.replace('-', '_')}"
     return f"{stem}.hdf5" if version == 0 else f"{stem}-v{version}.hdf5"
@@ -313,6 +321,9 @@ def d4rl_url(name: str, base_url: str | None = None) -> str:
     base = base_url or os.environ.get("FLOWRL_D4RL_BASE_URL")
     if base:
         return f"{base.rstrip('/')}/{filename}"
+    suite = d4rl_suite_file(name)
+    if suite is not None:
+        return f"{D4RL_DEFAULT_BASE_URL}/{suite[0]}/{filename}"
     version = parse_d4rl_name(name)[2]  # type: ignore[index]
     folder = _D4RL_FOLDERS.get(version)
     if folder is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from flowrl.errors import InputError, MissingInputError
 
 from .collect.default_dataset import DEFAULT_DATASETS, ensure_default_dataset
+from .d4rl_suites import d4rl_name_of_file
 from .dataset import TrajectoryDataset
 from .io_d4rl import (
     _HDF5_SUFFIXES,
@@ -160,6 +161,9 @@ def local_candidates() -> dict[str, list[str]]:
 
 
 def _d4rl_name_from_file(filename: str) -> str:
+    suite = d4rl_name_of_file(filename)
+    if suite is not None:
+        return suite
     stem = filename.rsplit(".", 1)[0]
     m = re.fullmatch(r"([a-z0-9]+)_([a-z0-9_]+?)(-v\d+)?", stem)
     if m is None:

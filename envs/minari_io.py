@@ -41,6 +41,7 @@ __all__ = [
     "list_minari_ids",
     "resolve_minari_id",
     "write_minari_dataset",
+    "write_minari_episodes",
 ]
 
 _RESERVED_KEYS = {
@@ -371,7 +372,6 @@ def write_minari_dataset(
         FileExistsError: the id exists and ``overwrite`` is False.
         ValueError: malformed id, invalid arrays, non-JSON metadata.
     """
-    import minari
     from minari.data_collector import EpisodeBuffer
 
     if not re.fullmatch(r"[-\w]+(?:/[-\w]+)*-v\d+", dataset_id):
@@ -418,6 +418,85 @@ def write_minari_dataset(
             )
         )
 
+    spaces = None
+    if env_id is None:
+        from gymnasium.spaces import Box
+
+        spaces = (Box(-np.inf, np.inf, (ds.obs_dim,), np.float32), Box(-np.inf, np.inf, (ds.act_dim,), np.float32))
+    return _write_buffers(dataset_id, buffers, meta, env_id, spaces, obs_entries, root_dir, overwrite)
+
+
+def write_minari_episodes(
+    dataset_id: str,
+    episodes: list[Mapping[str, Any]],
+    *,
+    env_spec: Any,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    root: str | os.PathLike | None = None,
+) -> Path:
+    """Write whole episodes, observations as the environment gave them (dicts included), as a local Minari
+    dataset, atomically; return its folder. This is Minari's own layout for goal environments
+    (``observations/achieved_goal`` ... one dataset per leaf), readable by ``minari.load_dataset``.
+
+    Args:
+        dataset_id: Minari id ``namespace/env/name-vN``.
+        episodes: per episode ``observations`` (an array [T+1, ...] or a (nested) dict of them),
+            ``actions`` [T, act_dim], ``rewards`` [T], ``terminations`` [T], ``truncations`` [T]; optional
+            ``infos`` (a dict of [T+1, ...] arrays) and ``seed``.
+        env_spec: the gymnasium ``EnvSpec`` (or id) the data came from, kwargs included.
+        metadata, overwrite, root: as :func:`write_minari_dataset`.
+    """
+    from minari.data_collector import EpisodeBuffer
+
+    if not re.fullmatch(r"[-\w]+(?:/[-\w]+)*-v\d+", dataset_id):
+        raise InputError(f"malformed Minari dataset id {dataset_id!r}: expected 'namespace/env/name-vN'")
+    if not episodes:
+        raise InputError(f"no episodes to write to {dataset_id!r}")
+    meta = dict(metadata or {})
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"metadata for {dataset_id!r} is not JSON-serializable: {e}") from None
+    root_dir = Path(root).expanduser() if root is not None else minari_root()
+    target = root_dir / dataset_id
+    if target.exists() and not overwrite:
+        raise OutputExistsError(
+            f"Minari dataset {dataset_id!r} already exists at {target} (pass overwrite=True to replace it)"
+        )
+    buffers = [
+        EpisodeBuffer(
+            id=e,
+            seed=ep.get("seed"),
+            observations=ep["observations"],
+            actions=np.asarray(ep["actions"]),
+            rewards=np.asarray(ep["rewards"]),
+            terminations=np.asarray(ep["terminations"], dtype=bool),
+            truncations=np.asarray(ep["truncations"], dtype=bool),
+            infos=ep.get("infos"),
+        )
+        for e, ep in enumerate(episodes)
+    ]
+    gym_id = env_spec if isinstance(env_spec, str) else env_spec.id
+    meta.setdefault("gym_id", gym_id)
+    return _write_buffers(dataset_id, buffers, meta, env_spec, None, {}, root_dir, overwrite)
+
+
+def _write_buffers(
+    dataset_id: str,
+    buffers: list,
+    meta: dict[str, Any],
+    env: Any,
+    spaces: tuple[Any, Any] | None,
+    obs_entries: dict[str, Any],
+    root_dir: Path,
+    overwrite: bool,
+) -> Path:
+    """Build the dataset with ``minari.create_dataset_from_buffers`` in a hidden stage under ``root_dir`` and
+    rename it into place (see :func:`write_minari_dataset`)."""
+    import minari
+
+    target = root_dir / dataset_id
     ref = {k: float(meta.pop(k)) for k in ("ref_min_score", "ref_max_score") if meta.get(k) is not None}
     kwargs: dict[str, Any] = {k: meta.pop(k) for k in _MINARI_ARGS if meta.get(k) is not None}
     kwargs.setdefault("author", "flowrl")
@@ -425,14 +504,11 @@ def write_minari_dataset(
     kwargs.setdefault("description", f"flowrl dataset {dataset_id}")
     kwargs.setdefault("code_permalink", "https://github.com/flowrl/flowrl")
     kwargs.setdefault("author_email", "unknown")
-    if env_id is None:
-        from gymnasium.spaces import Box
-
-        kwargs["observation_space"] = Box(-np.inf, np.inf, (ds.obs_dim,), np.float32)
-        kwargs["action_space"] = Box(-np.inf, np.inf, (ds.act_dim,), np.float32)
+    if spaces is not None:
+        kwargs["observation_space"], kwargs["action_space"] = spaces
     else:
-        kwargs["env"] = env_id
-        meta.setdefault("gym_id", env_id)
+        kwargs["env"] = env
+        meta.setdefault("gym_id", env if isinstance(env, str) else env.id)
     extra = {k: v for k, v in meta.items() if k not in _RESERVED_KEYS and k not in METADATA_KEYS}
 
     root_dir.mkdir(parents=True, exist_ok=True)

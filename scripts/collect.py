@@ -11,7 +11,12 @@ Record one level from an existing policy (SB3 SAC/TD3 ``.zip`` or a flowrl behav
 The memory task ``tmaze`` (:mod:`flowrl.envs.tmaze`) is recorded from its scripted behaviour policy instead
 (``flowrl collect tmaze --transitions 200000`` writes ``flowrl/tmaze/mixed-v0``, loadable as ``tmaze-mixed``).
 
-Datasets are named ``flowrl/<env>/<level>-v0`` under ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``).
+Mazes (D4RL's Maze2D recipe: waypoint planner, PD controller, noise; no training)::
+
+    flowrl collect pointmaze-umaze            # 1M steps, as D4RL; pointmaze-medium 2M, pointmaze-large 4M
+
+Datasets are named ``flowrl/<env>/<level>-v0`` under ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``);
+mazes ``flowrl/pointmaze/<maze>-v0`` (load them as ``pointmaze-umaze``).
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "env",
-        help="environment: hopper, halfcheetah, walker2d, ant, a gymnasium id (Hopper-v5), or tmaze (the memory task)",
+        help="environment: hopper, halfcheetah, walker2d, ant, a gymnasium id (Hopper-v5), tmaze (the memory "
+        "task), or a maze: pointmaze-umaze, pointmaze-medium, pointmaze-large",
     )
     p.add_argument(
         "--levels",
@@ -88,8 +94,15 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--transitions",
         type=_steps,
-        default=100_000,
-        help="transitions per recorded level (default 100000; D4RL used 1M)",
+        default=None,
+        help="transitions per recorded level (default 100000; D4RL used 1M); mazes: steps in all "
+        "(default D4RL's 1M / 2M / 4M)",
+    )
+    p.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.5,
+        help="mazes: standard deviation of the noise on every action (default 0.5, as D4RL)",
     )
     p.add_argument(
         "--ref-episodes",
@@ -121,7 +134,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--level", default=None, help="with --from-policy: the level name to write (medium or expert)")
     p.add_argument(
-        "--dataset-id", default=None, help="with --from-policy: Minari id to write (default flowrl/ENV/LEVEL-v0)"
+        "--dataset-id",
+        default=None,
+        help="with --from-policy, tmaze or a maze: Minari id to write (default flowrl/ENV/LEVEL-v0)",
     )
     p.add_argument("--deterministic", action="store_true", help="with --from-policy: act with the mean action")
     p.add_argument(
@@ -151,6 +166,10 @@ def _run(args) -> int:
         "flowrl collect " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["collect"] else None
     )
     progress = not args.no_progress
+    if args.env.startswith("pointmaze-"):
+        return _run_maze(args, command, progress)
+    if args.transitions is None:
+        args.transitions = 100_000
     if args.env == "tmaze":  # flowrl's memory task: a scripted behaviour policy, nothing to train
         from flowrl.envs.tmaze import record_tmaze
 
@@ -205,6 +224,18 @@ def _run(args) -> int:
         _print_table(rows)
     if args.export_behavior:
         print(f"behaviour policy: {args.export_behavior}")
+    return 0
+
+
+def _run_maze(args, command: str | None, progress: bool) -> int:
+    from flowrl.envs.collect.maze import MazeCollectConfig, collect_maze
+
+    cfg = MazeCollectConfig(
+        args.env, args.transitions, noise=args.action_noise, seed=args.seed, dataset_id=args.dataset_id
+    )
+    info = collect_maze(cfg, progress=progress, overwrite=args.overwrite, command=command)
+    _print_table({"maze": info})
+    print(f"{info['seconds']:.0f}s; load it as {args.env} (flowrl train --dataset {args.env})")
     return 0
 
 
