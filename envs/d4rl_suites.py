@@ -43,7 +43,7 @@ from flowrl.errors import InputError
 from .observations import ObservationMap
 from .specs import SPECS, maze_map, suite_task
 
-__all__ = ["D4RL_FILES", "d4rl_suite_file", "d4rl_name_of_file", "to_suite_layout"]
+__all__ = ["D4RL_FILES", "MINARI_IDS", "d4rl_suite_file", "d4rl_name_of_file", "known_names", "to_suite_layout"]
 
 
 def _files() -> dict[str, tuple[str, str]]:
@@ -71,6 +71,14 @@ def _files() -> dict[str, tuple[str, str]]:
 
 D4RL_FILES: dict[str, tuple[str, str]] = _files()
 """D4RL name -> (folder on D4RL's server, file name) for the suites' datasets (d4rl/infos.py)."""
+MINARI_IDS: tuple[str, ...] = (
+    *(f"D4RL/pointmaze/{m}-v2" for m in ("umaze", "medium", "large")),
+    *(f"D4RL/antmaze/{d}-v1" for d in ("umaze", "umaze-diverse", "medium-play", "medium-diverse")),
+    *(f"D4RL/antmaze/{d}-v1" for d in ("large-play", "large-diverse")),
+    *(f"D4RL/{t}/{lvl}-v2" for t in ("door", "hammer", "pen", "relocate") for lvl in ("human", "cloned", "expert")),
+    *(f"D4RL/kitchen/{lvl}-v2" for lvl in ("complete", "partial", "mixed")),
+)
+"""Minari's ids of the suites' D4RL datasets (the sparse mazes: the dense ones score differently)."""
 _ADROIT_INFOS = {"door": "door_body_pos", "hammer": "board_pos", "pen": "desired_orien", "relocate": "obj_pos"}
 _KITCHEN_KEEP = (*range(9), *range(18, 39))  # FrankaKitchen-v1 observation: robot qpos, object qpos
 
@@ -86,6 +94,11 @@ def d4rl_name_of_file(filename: str) -> str | None:
         if file == filename:
             return name
     return None
+
+
+def known_names() -> list[tuple[str, str]]:
+    """(name, kind) of every suite dataset name flowrl resolves: D4RL names ("d4rl") and Minari ids ("minari")."""
+    return [(n, "d4rl") for n in D4RL_FILES] + [(n, "minari") for n in MINARI_IDS]
 
 
 def to_suite_layout(

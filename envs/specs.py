@@ -191,6 +191,7 @@ _OWN_MODULES = {"tmaze": "flowrl.envs.tmaze"}
 _GYM_NAMES = {"hopper": "hopper", "halfcheetah": "halfcheetah", "walker2d": "walker2d", "ant": "ant"}
 _MAZES = ("umaze", "medium", "large")
 _ADROIT = ("door", "hammer", "pen", "relocate")
+_DENSE_MAZE = re.compile(r"(?i)(^maze2d-|^pointmaze-|pointmaze/)[\w-]*dense")
 _GYM_SUITE = re.compile(r"(?P<kind>PointMaze|AntMaze)_(?P<maze>UMaze|Medium|Large)(?:_Diverse_GR?)?-v(?P<v>\d+)")
 _GYM_ADROIT = re.compile(r"AdroitHand(?P<task>Door|Hammer|Pen|Relocate)-v(?P<v>\d+)")
 
@@ -215,6 +216,8 @@ def task_of(name: str) -> str | None:
         words = re.sub(r"-v\d+$", "", key).lower().split("-")
     if words[0] == "maze2d":
         words[0] = "pointmaze"
+    if words[0] == "pointmaze" and "dense" in words:
+        return None  # dense rewards: another task with other reference scores (see get_spec)
     if words[0] in ("pointmaze", "antmaze") and len(words) > 1 and words[1] in _MAZES:
         return f"{words[0]}-{words[1]}"
     if words[0] == "kitchen" and len(words) > 1 and f"kitchen-{words[1]}" in SPECS:
@@ -270,6 +273,11 @@ def _resolve(name: str) -> EnvSpec:
     task = task_of(key)
     if task is not None:
         return SPECS[task]
+    if _DENSE_MAZE.search(key):
+        raise InputError(
+            f"{name!r} is a dense-reward maze; flowrl scores the sparse ones (maze2d-umaze-v1, "
+            "D4RL/pointmaze/umaze-v2, ...): the dense reward and its D4RL reference scores differ"
+        )
     if re.fullmatch(r"[A-Za-z][\w:.]*-v\d+", key):
         return EnvSpec(name=key, gym_id=key, max_episode_steps=_registry_max_episode_steps(key))
     raise InputError(

@@ -16,6 +16,12 @@ def add_parser(sub) -> None:
     dsub.required = True
     lp = dsub.add_parser("list", help="local flowrl, Minari and D4RL-cache datasets with sizes and returns")
     lp.add_argument("--fast", action="store_true", help="names only (do not open the files)")
+    lp.add_argument(
+        "--known",
+        action="store_true",
+        help="D4RL's maze, AntMaze, Adroit and Kitchen dataset names (D4RL names, Minari ids) with their task, "
+        "gymnasium id, episode limit and reference returns; 'here' marks the ones on this machine",
+    )
     lp.set_defaults(run=run_list)
     ip = dsub.add_parser("info", help="episodes, returns, dimensions and reference scores of one dataset")
     ip.add_argument("name", help="path, D4RL name, Minari id or flowrl name")
@@ -50,6 +56,8 @@ def run_list(args) -> int:
     from flowrl.envs.minari_io import resolve_minari_id
     from flowrl.scripts.report import table
 
+    if args.known:
+        return _run_known()
     cands = local_candidates()
     rows = []
     names = [("flowrl", n) for n in cands["flowrl"]]
@@ -74,6 +82,27 @@ def run_list(args) -> int:
         print("no local datasets; `flowrl train` builds hopper-medium, `flowrl collect` makes more")
         return 0
     print(table(["name", "kind", "transitions", "episodes", "mean return", "normalized", "size"], rows))
+    return 0
+
+
+def _run_known() -> int:
+    from flowrl.envs.d4rl_suites import known_names
+    from flowrl.envs.io_d4rl import find_cached_d4rl
+    from flowrl.envs.minari_io import resolve_minari_id
+    from flowrl.envs.specs import get_spec
+    from flowrl.scripts.report import table
+
+    rows = []
+    for name, kind in known_names():
+        spec = get_spec(name)
+        here = find_cached_d4rl(name) if kind == "d4rl" else resolve_minari_id(name)
+        rows.append(
+            [name, kind, spec.name, spec.gym_id, spec.max_episode_steps, spec.ref_min_score, spec.ref_max_score]
+            + ["here" if here is not None else "-"]
+        )
+    headers = ["name", "kind", "task", "gymnasium id", "limit", "ref min", "ref max", "local"]
+    print(table(headers, rows))
+    print("load one with --dataset NAME (add --download to fetch it); D4RL locomotion names work as well")
     return 0
 
 

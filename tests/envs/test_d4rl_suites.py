@@ -185,3 +185,31 @@ def test_antmaze_file_stays_in_d4rls_frame(tmp_path):
     # D4RL's ant mazes are mirrored relative to gymnasium-robotics': no evaluation environment is named
     assert ds.metadata["maze_frame"] == "d4rl" and ds.env_name is None
     assert get_spec("antmaze-umaze-v2").name == "antmaze-umaze"
+
+
+def test_dense_mazes_are_refused_not_scored_as_sparse():
+    from flowrl.envs.specs import suite_task
+
+    for name in ("maze2d-umaze-dense-v1", "D4RL/pointmaze/medium-dense-v2"):
+        with pytest.raises(ValueError, match="dense-reward maze; flowrl scores the sparse ones") as e:
+            get_spec(name)
+        assert "\n" not in str(e.value) and suite_task(name) is None
+    assert get_spec("maze2d-umaze-v1").ref_min_score == 23.85  # the sparse name still resolves
+
+
+def test_datasets_list_known_names_every_suite_dataset(tmp_path, monkeypatch, capsys):
+    from flowrl.envs.d4rl_suites import MINARI_IDS, known_names
+    from flowrl.scripts.cli import main
+
+    names = [n for n, _ in known_names()]
+    assert len(names) == len(set(names)) == 24 + 24  # maze2d 3, antmaze 6, adroit 12, kitchen 3; Minari alike
+    assert {get_spec(n).name for n in MINARI_IDS} == {get_spec(n).name for n, k in known_names() if k == "d4rl"}
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    _maze2d_file(tmp_path / "maze2d-umaze-sparse-v1.hdf5", episodes=1)
+    assert main(["datasets", "list", "--known"]) == 0
+    out = capsys.readouterr().out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    rows = {c[0]: c for c in cells}
+    assert rows["maze2d-umaze-v1"][-1] == "here" and rows["maze2d-medium-v1"][-1] == "-"
+    assert rows["D4RL/kitchen/mixed-v2"][2:5] == ["kitchen-mixed", "FrankaKitchen-v1", "450"]
+    assert rows["antmaze-large-play-v2"][2:7] == ["antmaze-large", "AntMaze_Large-v4", "1000", "0", "1"]
