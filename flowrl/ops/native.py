@@ -1,6 +1,8 @@
 """Native (C++) kernels, compiled on first use with the machine's C++ compiler and loaded through ctypes.
 
-The kernels live in ``native.cpp``: ``flow_decode``, the whole recurrent step of a causal Flow-Attention trunk
+The kernels live in ``native.cpp`` and ``flow/native_chunk.cpp`` (helpers shared in ``native_common.h``):
+``flow_causal_forward`` / ``flow_causal_backward``, the flow op's chunked causal forward and backward on CPU
+(see :mod:`flowrl.ops.flow.native`); ``flow_decode``, the whole recurrent step of a causal Flow-Attention trunk
 in one call (what :class:`flowrl.models.FlowDecoder` runs per rollout or decoding step: a dozen tiny matrix
 products and ~100 small operators, about 6x faster as one C++ call than through torch operators on a CPU),
 and ``dropout``, one pass with a counter-based random mask (what :func:`flowrl.layers.dropout` runs on CPU
@@ -40,7 +42,9 @@ from flowrl.ops.trusted_cache import UntrustedCacheError
 __all__ = ["available", "library", "status", "cache_dir", "NativeBuildError"]
 
 SOURCE = Path(__file__).with_name("native.cpp")
-ABI_VERSION = 4
+SOURCES = (SOURCE, SOURCE.parent / "flow" / "native_chunk.cpp")  # compiled together into one library
+HEADERS = (SOURCE.with_name("native_common.h"),)
+ABI_VERSION = 5
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]
 _ARCH_FLAGS = ["-march=native"]  # dropped if the compiler refuses it
 _OPENMP_FLAGS = ["-fopenmp"]  # likewise (then row chunks run on std::threads)
@@ -98,7 +102,7 @@ def _build(target: Path) -> None:
     try:
         last_error = ""
         for extra in ([*_ARCH_FLAGS, *_OPENMP_FLAGS], _ARCH_FLAGS, _OPENMP_FLAGS, []):
-            cmd = [compiler, *_FLAGS, *extra, str(SOURCE), "-o", tmp]
+            cmd = [compiler, *_FLAGS, *extra, *map(str, SOURCES), "-o", tmp]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True)
             except OSError as e:
@@ -109,16 +113,18 @@ def _build(target: Path) -> None:
                 os.replace(tmp, target)
                 return
             last_error = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        raise NativeBuildError(f"{compiler} failed to build {SOURCE.name}: {last_error}")
+        names = ", ".join(p.name for p in SOURCES)
+        raise NativeBuildError(f"{compiler} failed to build {names}: {last_error}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def _target_key() -> str:
-    """The cache entry's name: a hash of the source, the flags and the CPU."""
+    """The cache entry's name: a hash of the sources, the flags and the CPU."""
+    code = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS))
     return hashlib.sha256(
-        SOURCE.read_bytes() + repr((_FLAGS, _ARCH_FLAGS, _OPENMP_FLAGS, platform.machine(), _cpu_key())).encode()
+        code + repr((_FLAGS, _ARCH_FLAGS, _OPENMP_FLAGS, platform.machine(), _cpu_key())).encode()
     ).hexdigest()[:16]
 
 
@@ -152,6 +158,8 @@ def _open(target: Path) -> ctypes.CDLL:
 
 _p, _i, _d, _i64, _u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_int64, ctypes.c_uint64
 _DECODE_ARGS = [_p, _p, _p, _p, _d, _p, _p, _p, _i, _i, _i, _i, _i, _i, _d, _d, _i, _i, _p, _p, _i]
+_CAUSAL_FORWARD_ARGS = [_p, _p, _p, _p, _i, _i, _i, _i, _i, _i, _d, _d, _p, _i]
+_CAUSAL_BACKWARD_ARGS = [_p, _p, _p, _p, _p, _i, _i, _i, _i, _i, _i, _d, _d, _p, _p, _p, _i]
 _SIGNATURES: dict[str, tuple[object, list]] = {  # every kernel returns 0, or an error code (see check())
     "flowrl_last_error": (ctypes.c_char_p, []),
     "flowrl_selftest_throw": (_i, [_i, _i, _i]),
@@ -160,6 +168,8 @@ _SIGNATURES: dict[str, tuple[object, list]] = {  # every kernel returns 0, or an
     "dropout_f32": (_i, [_p, _p, _i64, _u64, ctypes.c_uint32, _d]),
     "dropout_f64": (_i, [_p, _p, _i64, _u64, ctypes.c_uint32, _d]),
     "dropout_bf16": (_i, [_p, _p, _i64, _u64, ctypes.c_uint32, _d]),
+    **{f"flow_causal_forward_{s}": (_i, _CAUSAL_FORWARD_ARGS) for s in ("f32", "f64", "bf16")},
+    **{f"flow_causal_backward_{s}": (_i, _CAUSAL_BACKWARD_ARGS) for s in ("f32", "f64", "bf16")},
 }
 
 

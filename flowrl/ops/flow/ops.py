@@ -17,13 +17,17 @@ q, k: [B, H, L, D] and v: [B, H, L, M] before the feature map; y: [B, H, L, M] i
 is the precision of the value products (q′·k v′ᵀ and their gradients) that the torch implementation uses
 under autocast (None: the working precision); the normalisers always run in float32 or float64.
 
-Every op runs torch operators (the chunked forward and hand-written backward of :mod:`flowrl.ops.flow.chunk`
-and :mod:`flowrl.ops.flow.noncausal`, the stateful paths of :mod:`flowrl.ops.flow.recurrent`) on any device.
+Each op picks its implementation per call: ``flow_causal`` and its backward run the native kernel
+(:mod:`flowrl.ops.flow.native`) on CPU where it is built and supports the call (float32, float64, bfloat16; no
+carried state), else torch operators (the chunked forward and hand-written backward of
+:mod:`flowrl.ops.flow.chunk`); the other ops run torch operators (:mod:`flowrl.ops.flow.noncausal`,
+:mod:`flowrl.ops.flow.recurrent`). :func:`implementation` forces one (tests, benchmarks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -34,9 +38,43 @@ from flowrl.ops.flow.precision import no_autocast, work_dtype
 from flowrl.ops.flow.recurrent import SHORT_STEP, recurrent_step, short_step
 from flowrl.ops.flow.state import FlowState
 
-__all__ = ["OPS", "SUPPORTED_DTYPES", "torch_causal_step"]
+__all__ = ["OPS", "SUPPORTED_DTYPES", "IMPLEMENTATIONS", "implementation", "chosen_implementation", "torch_causal_step"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+IMPLEMENTATIONS = ("torch", "native")
+_forced: list[str] = []  # a stack: implementation() blocks may nest
+
+
+@contextlib.contextmanager
+def implementation(name: str) -> Iterator[None]:
+    """Within this block the causal op runs ``name`` ("torch" or "native"); a call that implementation cannot
+    run raises RuntimeError instead of falling back."""
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"flow op implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
+    _forced.append(name)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def _native():
+    from flowrl.ops.flow import native
+
+    return native
+
+
+def chosen_implementation(op: str, q: Tensor, state: Sequence[Tensor] = ()) -> str:
+    """The implementation ``op`` ("causal", "noncausal", "step") runs for inputs like ``q`` (see the module
+    docstring)."""
+    if _forced and _forced[-1] != "torch":
+        reason = _native().unsupported(op, q, state)
+        if reason:
+            raise RuntimeError(f"flow op: the {_forced[-1]} implementation cannot run this call ({reason})")
+        return _forced[-1]
+    if _forced or q.device.type != "cpu" or _native().unsupported(op, q, state):
+        return "torch"
+    return "native"
 
 
 def _dense(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -74,6 +112,8 @@ def flow_causal(
     chunk: int,
     value_dtype: torch.dtype | None,
 ) -> Tensor:
+    if chosen_implementation("causal", q, state) == "native":
+        return _native().causal_forward(q, k, v, eps, clamp, chunk)
     return _torch_causal(q, k, v, state, eps, clamp, chunk, value_dtype)
 
 
@@ -94,6 +134,8 @@ def flow_causal_backward(
     chunk: int,
     value_dtype: torch.dtype | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    if chosen_implementation("causal", q, state) == "native":
+        return _native().causal_backward(gy, q, k, v, eps, clamp, chunk)
     return _torch_causal_backward(gy, q, k, v, state, eps, clamp, chunk, value_dtype)
 
 
