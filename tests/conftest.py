@@ -16,6 +16,18 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("FLOWRL_CACHE", os.path.join(_ROOT, "cache"))  # native kernels are built here once per run
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu skip, by name, where CUDA is not available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run with -m gpu on a machine with one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(params=["native", "torch"])
 def kernel(request, monkeypatch):
     """Run a test once with flowrl's native kernels and once without (FLOWRL_NATIVE=0); skip the native run

@@ -19,9 +19,11 @@ under autocast (None: the working precision); the normalisers always run in floa
 
 Each op picks its implementation per call: ``flow_causal`` and its backward run the native kernel
 (:mod:`flowrl.ops.flow.native`) on CPU where it is built and supports the call (float32, float64, bfloat16; no
-carried state), else torch operators (the chunked forward and hand-written backward of
-:mod:`flowrl.ops.flow.chunk`); the other ops run torch operators (:mod:`flowrl.ops.flow.noncausal`,
-:mod:`flowrl.ops.flow.recurrent`). :func:`implementation` forces one (tests, benchmarks).
+carried state), the Triton chunk kernels (:mod:`flowrl.ops.flow.triton_chunk`) on CUDA where Triton is
+installed and supports the call (float32, bfloat16, float16; no carried state; D ≤ 256), else torch operators
+(the chunked forward and hand-written backward of :mod:`flowrl.ops.flow.chunk`); the other ops run torch
+operators (:mod:`flowrl.ops.flow.noncausal`, :mod:`flowrl.ops.flow.recurrent`). :func:`implementation` forces
+one (tests, benchmarks; "triton" also runs CPU tensors under ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ from flowrl.ops.flow.state import FlowState
 __all__ = ["OPS", "SUPPORTED_DTYPES", "IMPLEMENTATIONS", "implementation", "chosen_implementation", "torch_causal_step"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-IMPLEMENTATIONS = ("torch", "native")
+IMPLEMENTATIONS = ("torch", "native", "triton")
 _forced: list[str] = []  # a stack: implementation() blocks may nest
 
 
 @contextlib.contextmanager
 def implementation(name: str) -> Iterator[None]:
-    """Within this block the causal op runs ``name`` ("torch" or "native"); a call that implementation cannot
-    run raises RuntimeError instead of falling back."""
+    """Within this block the causal op runs ``name`` ("torch", "native" or "triton"); a call that implementation
+    cannot run raises RuntimeError instead of falling back."""
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"flow op implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
     _forced.append(name)
@@ -58,23 +60,32 @@ def implementation(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-def _native():
-    from flowrl.ops.flow import native
+def _module(name: str):
+    if name == "native":
+        from flowrl.ops.flow import native
 
-    return native
+        return native
+    from flowrl.ops.flow import triton_chunk
+
+    return triton_chunk
+
+
+_DEFAULT = {"cpu": "native", "cuda": "triton"}  # per device; anything else runs torch operators
 
 
 def chosen_implementation(op: str, q: Tensor, state: Sequence[Tensor] = ()) -> str:
     """The implementation ``op`` ("causal", "noncausal", "step") runs for inputs like ``q`` (see the module
     docstring)."""
-    if _forced and _forced[-1] != "torch":
-        reason = _native().unsupported(op, q, state)
+    if _forced:
+        name = _forced[-1]
+        reason = _module(name).unsupported(op, q, state) if name != "torch" else None
         if reason:
-            raise RuntimeError(f"flow op: the {_forced[-1]} implementation cannot run this call ({reason})")
-        return _forced[-1]
-    if _forced or q.device.type != "cpu" or _native().unsupported(op, q, state):
+            raise RuntimeError(f"flow op: the {name} implementation cannot run this call ({reason})")
+        return name
+    name = _DEFAULT.get(q.device.type, "torch")
+    if name == "torch" or _module(name).unsupported(op, q, state):
         return "torch"
-    return "native"
+    return name
 
 
 def _dense(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -112,8 +123,11 @@ def flow_causal(
     chunk: int,
     value_dtype: torch.dtype | None,
 ) -> Tensor:
-    if chosen_implementation("causal", q, state) == "native":
-        return _native().causal_forward(q, k, v, eps, clamp, chunk)
+    impl = chosen_implementation("causal", q, state)
+    if impl == "native":
+        return _module(impl).causal_forward(q, k, v, eps, clamp, chunk)
+    if impl == "triton":
+        return _module(impl).causal_forward(q, k, v, eps, clamp, chunk, value_dtype)
     return _torch_causal(q, k, v, state, eps, clamp, chunk, value_dtype)
 
 
@@ -134,8 +148,11 @@ def flow_causal_backward(
     chunk: int,
     value_dtype: torch.dtype | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if chosen_implementation("causal", q, state) == "native":
-        return _native().causal_backward(gy, q, k, v, eps, clamp, chunk)
+    impl = chosen_implementation("causal", q, state)
+    if impl == "native":
+        return _module(impl).causal_backward(gy, q, k, v, eps, clamp, chunk)
+    if impl == "triton":
+        return _module(impl).causal_backward(gy, q, k, v, eps, clamp, chunk, value_dtype)
     return _torch_causal_backward(gy, q, k, v, state, eps, clamp, chunk, value_dtype)
 
 

@@ -58,7 +58,10 @@ def rowdot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1)
 
 
-def causal_scan(q, k, v, eps, clamp, state: FlowState | None, return_state: bool, chunk: int):
+def causal_scan(q, k, v, eps, clamp, state: FlowState | None, return_state: bool, chunk: int, products=None):
+    """Steps 1-4 of :mod:`flowrl.ops.flow` on q = σ(Q), k = σ(K) as autograd-traced torch operators. ``products``
+    computes step 4 (default :func:`causal_linear_attention`; the Triton path passes its kernels)."""
+    products = products or causal_linear_attention
     B, H, L, D = q.shape
     M = v.shape[-1]
     if state is None and return_state:
@@ -91,7 +94,7 @@ def causal_scan(q, k, v, eps, clamp, state: FlowState | None, return_state: bool
 
     q_norm = q * (incoming / t)[..., None]  # q_t / ((q_t+ε)·(Kc_t+ε))
     v_comp = v * competition[..., None]
-    y, kv = causal_linear_attention(q_norm, k, v_comp, state.kv.to(q.dtype) if state is not None else None, chunk=chunk)
+    y, kv = products(q_norm, k, v_comp, state.kv.to(q.dtype) if state is not None else None, chunk=chunk)
     y = y * allocation[..., None]
     new_state = None
     if return_state:
