@@ -44,7 +44,7 @@ from flowrl import atomic, tiny
 from flowrl.errors import DivergedError, InputError, MissingInputError
 from flowrl.models.config import JsonConfig
 
-__all__ = ["TrainConfig", "Trainer", "fit", "make_optimizer", "pick_device", "prepare", "train"]
+__all__ = ["TrainConfig", "Trainer", "check_bf16", "fit", "make_optimizer", "pick_device", "prepare", "train"]
 
 TRAINER_FILE = "trainer.pt"
 
@@ -112,7 +112,9 @@ class TrainConfig(JsonConfig):
         self.target_returns = tuple(float(x) for x in self.target_returns)
         if not all(math.isfinite(x) for x in self.target_returns):
             raise InputError(f"TrainConfig: target_returns must be finite, got {list(self.target_returns)}")
-        pick_device(self.device)  # validates the string
+        device = pick_device(self.device)  # validates the string
+        if self.bf16:
+            check_bf16(device)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -128,7 +130,17 @@ def pick_device(name: str = "auto") -> torch.device:
         raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise InputError(f"device {name!r} does not exist: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
     return dev
+
+
+def check_bf16(device: torch.device) -> None:
+    """InputError when bfloat16 autocast is asked for on a GPU without bfloat16 support."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise InputError(f"--bf16: {name} does not support bfloat16; train in float32 (drop --bf16)")
 
 
 def fused_kwargs(device: torch.device) -> dict[str, bool]:

@@ -73,14 +73,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for every variant (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="device for flowrl's variants (and d3rlpy's): cpu, cuda, cuda:N")
     p.add_argument("--peer-timeout", type=float, default=1800.0, help="seconds allowed per d3rlpy run")
     p.add_argument("--json", default=None, help="also write all measurements to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from flowrl.agents import pick_device
     from flowrl.envs import load_dataset
 
+    device = pick_device(args.device)  # a bad or missing device: one line, exit 2, before any work
+    args.peer_device = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu:0"
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(
         f"flowrl bench train: {describe_dataset(args.dataset, ds)}; {model_text(args)}; "
-        f"{args.steps} timed steps x {args.repeats} repeats after {args.warmup} warm-up steps",
+        f"{args.steps} timed steps x {args.repeats} repeats after {args.warmup} warm-up steps on {device}",
         file=sys.stderr,
     )
 
@@ -165,7 +169,7 @@ def format_train_table(rows: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- flowrl side
 def _make_trainer(variant: str, ds, args):
-    from flowrl.agents import DecisionTransformerConfig, TrainConfig, Trainer, make_agent
+    from flowrl.agents import DecisionTransformerConfig, TrainConfig, Trainer, make_agent, pick_device
 
     cfg = DecisionTransformerConfig(
         context=args.context,
@@ -175,9 +179,9 @@ def _make_trainer(variant: str, ds, args):
         batch_size=args.batch,
         attention="softmax" if variant == "softmax" else "flow",
     )
-    agent = make_agent(cfg, ds.obs_dim, ds.act_dim, seed=args.seed)
+    tcfg = TrainConfig(steps=10**9, eval_episodes=0, device=args.device, bf16=variant == "flow-bf16", seed=args.seed)
+    agent = make_agent(cfg, ds.obs_dim, ds.act_dim, seed=args.seed).to(pick_device(args.device))
     agent.fit_normalization(ds)
-    tcfg = TrainConfig(steps=10**9, eval_episodes=0, device="cpu", bf16=variant == "flow-bf16", seed=args.seed)
     return Trainer(agent, ds, tcfg, None, progress=False)
 
 
@@ -203,5 +207,6 @@ def _d3rlpy_train(hdf5: Path, args, threads: int) -> dict:
         threads=threads,
         seed=args.seed,
         timeout=args.peer_timeout,
+        device=args.peer_device,
         **peer_model_kwargs(args),
     )
