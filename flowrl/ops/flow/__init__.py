@@ -17,7 +17,11 @@ The maths, per batch and head, with q_t = σ(Q_t), k_t = σ(K_t), t the 1-based 
 The modules:
 
 - :mod:`~flowrl.ops.flow.attention` — :func:`flow_attention`: input checks, then the code path below.
-- :mod:`~flowrl.ops.flow.chunk` — causal, chunked forward and hand-written backward (training, long prompts).
+- :mod:`~flowrl.ops.flow.ops` — every path as a registered custom op (``torch.ops.flowrl.*``) with autograd and
+  shape functions, and the choice of implementation for the causal op (docs/kernels.md).
+- :mod:`~flowrl.ops.flow.native` — the causal op's CPU implementation (``native_chunk.cpp``).
+- :mod:`~flowrl.ops.flow.triton_chunk` — the causal op's CUDA implementation (Triton chunk kernels).
+- :mod:`~flowrl.ops.flow.chunk` — causal, chunked forward and hand-written backward in torch operators.
 - :mod:`~flowrl.ops.flow.noncausal` — non-causal forward and hand-written backward, with padding masks.
 - :mod:`~flowrl.ops.flow.recurrent` — a state continued by a few tokens without gradients (decoding, rollouts).
 - :mod:`~flowrl.ops.flow.scan` — autograd through the scans, for gradients into or out of a carried state.
