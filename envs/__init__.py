@@ -18,7 +18,15 @@ need them.
 """
 
 from .dataset import TrajectoryDataset
-from .evaluation import EvalResult, Policy, check_compatible, check_episode_limit, evaluate, make_env
+from .evaluation import (
+    EvalResult,
+    Policy,
+    check_compatible,
+    check_episode_limit,
+    evaluate,
+    evaluate_groups,
+    make_env,
+)
 from .io_d4rl import write_d4rl_hdf5, write_npz
 from .loaders import load_dataset, local_candidates
 from .minari_io import minari_root, write_minari_dataset
@@ -42,6 +50,7 @@ __all__ = [
     "TransitionBatch",
     "Policy",
     "evaluate",
+    "evaluate_groups",
     "EvalResult",
     "check_compatible",
     "check_episode_limit",

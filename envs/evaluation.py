@@ -43,6 +43,7 @@ __all__ = [
     "Policy",
     "EvalResult",
     "evaluate",
+    "evaluate_groups",
     "check_compatible",
     "check_episode_limit",
     "make_env",
@@ -214,6 +215,88 @@ def evaluate(
         One :class:`EvalResult` per target return, in order, with each episode's success where the spec
         has a success rule (mazes, Adroit, Kitchen).
     """
+    return _evaluate(
+        policy,
+        env,
+        groups=1,
+        episodes=episodes,
+        num_envs=num_envs,
+        seed=seed,
+        target_returns=target_returns,
+        video=video,
+        max_episode_steps=max_episode_steps,
+        progress=progress,
+        vectorization=vectorization,
+        ref_scores=ref_scores,
+        video_size=video_size,
+        env_kwargs=env_kwargs,
+        workers=workers,
+        observation_map=observation_map,
+    )[0]
+
+
+def evaluate_groups(
+    policy: Policy,
+    env: str | EnvSpec,
+    groups: int,
+    *,
+    episodes: int = 10,
+    num_envs: int = 10,
+    seed: int = 0,
+    target_returns: tuple[float | None, ...] | list[float | None] = (None,),
+    max_episode_steps: int | None = None,
+    progress: bool = True,
+    ref_scores: tuple[float, float] | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
+    observation_map: ObservationMap | None = None,
+) -> list[list[EvalResult]]:
+    """:func:`evaluate` for a policy that acts for ``groups`` agents at once (e.g. the seeds of a seed-batched
+    model): ``groups × n`` environments, ``n = min(num_envs, episodes)``, where environments ``g·n .. g·n+n-1``
+    belong to group g. Every group plays the same episodes (episode i from ``reset(seed=seed + i)``), so
+    group g's results equal those of its agent evaluated alone. One ``policy.act`` call per step covers all
+    groups. Returns ``[group][target]`` :class:`EvalResult` lists; the arguments are :func:`evaluate`'s.
+    """
+    if not isinstance(groups, int) or groups < 1:
+        raise InputError(f"groups must be an integer >= 1, got {groups!r}")
+    return _evaluate(
+        policy,
+        env,
+        groups=groups,
+        episodes=episodes,
+        num_envs=num_envs,
+        seed=seed,
+        target_returns=target_returns,
+        video=None,
+        max_episode_steps=max_episode_steps,
+        progress=progress,
+        vectorization="sync",
+        ref_scores=ref_scores,
+        video_size=(320, 240),
+        env_kwargs=env_kwargs,
+        workers=1,
+        observation_map=observation_map,
+    )
+
+
+def _evaluate(
+    policy: Policy,
+    env: str | EnvSpec,
+    *,
+    groups: int,
+    episodes: int,
+    num_envs: int,
+    seed: int,
+    target_returns,
+    video,
+    max_episode_steps: int | None,
+    progress: bool,
+    vectorization: str,
+    ref_scores: tuple[float, float] | None,
+    video_size: tuple[int, int],
+    env_kwargs: Mapping[str, Any] | None,
+    workers: int,
+    observation_map: ObservationMap | None,
+) -> list[list[EvalResult]]:
     # FLOWRL_TINY=1: two short episodes (flowrl.tiny)
     episodes, max_episode_steps = tiny.cap("episodes", episodes), tiny.cap("max_episode_steps", max_episode_steps)
     from tqdm.auto import tqdm
@@ -237,36 +320,50 @@ def evaluate(
     obs_map = observation_map if observation_map is not None else policy_observation_map(policy)
     kwargs = {**spec.make_kwargs(), **dict(env_kwargs or {})}
     check_env_id(spec.gym_id)  # an unknown id fails here, in one line, not inside a worker
+    runner: Runner | Workers
     if workers > 1:
         runner = Workers(spec, n, limit, kwargs, workers, obs_map)
     else:
-        runner = Runner(spec, n, limit, vectorization, video_size if video_path else None, kwargs, obs_map)
-    results = []
+        size = video_size if video_path else None
+        runner = Runner(spec, n * groups, limit, vectorization, size, kwargs, obs_map)
+    results: list[list[EvalResult]] = [[] for _ in range(groups)]
     try:
         with tqdm(
-            total=episodes * len(targets), desc=f"eval {spec.gym_id}", unit="ep", disable=not progress, leave=False
+            total=groups * episodes * len(targets),
+            desc=f"eval {spec.gym_id}",
+            unit="ep",
+            disable=not progress,
+            leave=False,
         ) as bar:
             for k, target in enumerate(targets):
                 record = video_path is not None and k == 0
                 t0 = time.perf_counter()
-                returns, lengths, success, frames = runner.run(policy, episodes, seed, target, record, bar)
+                if isinstance(runner, Runner):
+                    returns, lengths, success, frames = runner.run_groups(
+                        policy, episodes, seed, target, record, bar, groups
+                    )
+                else:  # workers serve one group
+                    returns, lengths, success, frames = runner.run(policy, episodes, seed, target, record, bar)
+                    returns, lengths = returns[None], lengths[None]
+                    success = None if success is None else success[None]
                 seconds = time.perf_counter() - t0
                 saved = None
                 if record and frames:
                     _write_video(video_path, frames, fps=_fps(runner))
                     saved = str(video_path)
-                results.append(
-                    EvalResult(
-                        target_return=None if target is None else float(target),
-                        returns=returns,
-                        lengths=lengths,
-                        normalized=_normalize(spec, returns, ref_scores),
-                        seconds=seconds,
-                        env=spec.gym_id,
-                        video=saved,
-                        success=success,
+                for g in range(groups):
+                    results[g].append(
+                        EvalResult(
+                            target_return=None if target is None else float(target),
+                            returns=returns[g],
+                            lengths=lengths[g],
+                            normalized=_normalize(spec, returns[g], ref_scores),
+                            seconds=seconds,
+                            env=spec.gym_id,
+                            video=saved if g == 0 else None,
+                            success=None if success is None else success[g],
+                        )
                     )
-                )
     finally:
         runner.close()
     return results

@@ -95,15 +95,26 @@ class Runner:
     def run(self, policy: Policy, episodes: int, seed: int, target: float | None, record: bool, bar):
         """Returns per-episode returns float64 [episodes], lengths int64 [episodes], success bool
         [episodes] (None without a success rule) and the recorded frames."""
+        returns, lengths, success, frames = self.run_groups(policy, episodes, seed, target, record, bar, 1)
+        return returns[0], lengths[0], None if success is None else success[0], frames
+
+    def run_groups(
+        self, policy: Policy, episodes: int, seed: int, target: float | None, record: bool, bar, groups: int
+    ):
+        """:meth:`run` for a policy acting for ``groups`` agents: environment j belongs to group
+        ``j // (n / groups)``, and every group plays all ``episodes`` (episode i from ``reset(seed=seed + i)``),
+        dealt out to its own environments as they finish. Returns, lengths and success are ``[groups, episodes]``."""
         n = self.n
-        returns = np.zeros(episodes, dtype=np.float64)
-        lengths = np.zeros(episodes, dtype=np.int64)
-        success = np.zeros(episodes, dtype=bool)
-        episode_of_env = np.arange(n)
-        next_episode = n
+        per = n // groups
+        group_of_env = np.arange(n) // per
+        returns = np.zeros((groups, episodes), dtype=np.float64)
+        lengths = np.zeros((groups, episodes), dtype=np.int64)
+        success = np.zeros((groups, episodes), dtype=bool)
+        episode_of_env = np.arange(n) % per
+        next_episode = np.full(groups, per)
         obs = np.zeros((n, *self.vec.single_observation_space.shape), dtype=np.float64)
         all_envs = np.ones(n, dtype=bool)
-        self._reset(all_envs, [seed + j for j in range(n)], obs)
+        self._reset(all_envs, [seed + int(j) for j in episode_of_env], obs)
         self.success.reset(all_envs)
         policy.reset(all_envs.copy(), target)
         active = all_envs.copy()
@@ -134,15 +145,16 @@ class Runner:
             restart = np.zeros(n, dtype=bool)
             seeds: list[int | None] = [None] * n
             for j in np.flatnonzero(done):
-                returns[episode_of_env[j]] = ep_return[j]
-                lengths[episode_of_env[j]] = ep_length[j]
-                success[episode_of_env[j]] = self.success.succeeded(j)
+                g = group_of_env[j]
+                returns[g, episode_of_env[j]] = ep_return[j]
+                lengths[g, episode_of_env[j]] = ep_length[j]
+                success[g, episode_of_env[j]] = self.success.succeeded(j)
                 bar.update(1)
-                if next_episode < episodes:
-                    episode_of_env[j] = next_episode
-                    seeds[j] = seed + next_episode
+                if next_episode[g] < episodes:
+                    episode_of_env[j] = next_episode[g]
+                    seeds[j] = seed + int(next_episode[g])
                     restart[j] = True
-                    next_episode += 1
+                    next_episode[g] += 1
                 else:
                     active[j] = False
             if restart.any():
