@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["curve_over_seeds", "plot_seed_curves"]
+__all__ = ["curve_over_seeds", "plot_seed_curves", "plot_score_curves"]
 
 
 def curve_over_seeds(steps: list[list[int]], values: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +50,41 @@ def plot_seed_curves(histories: dict[int, dict[str, list]], path: str | os.PathL
     )
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_score_curves(runs: list[dict], datasets: list[str], path: str | os.PathLike, title: str = "") -> Path | None:
+    """One panel per dataset: evaluation score against update steps, mean over seeds and a min..max band.
+
+    ``runs``: records of one algorithm with ``dataset``, ``seed`` and ``curve`` ({"eval_step", "eval_score"}),
+    as ``flowrl bench scores --json`` stores them. Returns the path, or None without matplotlib or curves.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = [n for n in datasets if any(r["dataset"] == n and r.get("curve") for r in runs)]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rs = [r for r in runs if r["dataset"] == name and r.get("curve")]
+        x, y = curve_over_seeds([r["curve"]["eval_step"] for r in rs], [r["curve"]["eval_score"] for r in rs])
+        _band(ax, x, y, marker="o", markersize=3)
+        ax.set(xlabel="update step", ylabel="D4RL-normalized score", title=f"{name} ({len(rs)} seeds)")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(f"{title}: mean over seeds, band min..max")
     fig.tight_layout()
     path = Path(path)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)

@@ -45,13 +45,14 @@ from typing import Any
 import numpy as np
 import torch
 from flowrl.agents.agent import MODEL_FILE, Agent, make_agent, replace_dir
+from flowrl.agents.seed_memory import check_memory
 from flowrl.agents.seed_policy import make_seed_policy
 from flowrl.agents.stacking import keep_seeds, load_seed_state_dicts, seed_state_dict, stack_models
 from flowrl.agents.trainer import TRAINER_FILE, TrainConfig, Trainer, _param_groups, fused_kwargs, pick_device
 
 from flowrl.models.config import atomic_write_text
 
-__all__ = ["SeedTrainer", "fit_seeds", "seed_dir", "read_seeds_file", "estimate_memory", "check_memory", "SEEDS_FILE"]
+__all__ = ["SeedTrainer", "fit_seeds", "seed_dir", "read_seeds_file", "summarize_seeds", "SEEDS_FILE"]
 
 SEEDS_FILE = "seeds.json"
 
@@ -336,7 +337,8 @@ class SeedTrainer:
                     "steps_per_s": (self.step - s0) / elapsed if elapsed > 0 else None,
                     "seeds_batched": len(self.live),
                     "final_loss": h["loss"][-1] if h["loss"] else None,
-                }
+                },
+                "history": h,
             }
         if cfg.eval_episodes > 0:
             for seed, ev in self.evaluate().items():
@@ -543,49 +545,6 @@ def _jsonable(x):
     if isinstance(x, np.generic):
         return x.item()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-# ---------------------------------------------------------------------------------------------- memory
-def estimate_memory(agent: Agent, seeds: int, batch_size: int) -> int:
-    """Bytes a seed-batched run of ``seeds`` copies of ``agent`` needs for training, roughly: parameters,
-    gradients and AdamW's two moments (float32), the single-model copies, and the activations an update keeps
-    for its backward pass (measured on flowrl's DT and BC, in float32)."""
-    params = sum(p.numel() for p in agent.model.parameters())
-    per_seed = 4 * params * 5  # weights, gradient, two moments, the seed's own single-model copy
-    cfg = agent.config
-    if agent.algo == "dt":
-        tokens = batch_size * 3 * cfg.context
-        hidden = cfg.dim * (10 + 2 * cfg.mlp_ratio)  # saved tensors per token and block, in floats
-        per_seed += 4 * tokens * (cfg.depth * hidden + 4 * cfg.dim)
-    else:
-        per_seed += 4 * batch_size * cfg.hidden * cfg.layers * 4
-    return int(seeds * per_seed * 1.5)  # allocator slack
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device`` (CPU: MemAvailable from /proc/meminfo), or None where unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type == "cpu":
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-    return None
-
-
-def check_memory(agent: Agent, seeds: int, batch_size: int, device: torch.device) -> None:
-    """Raise ValueError (before anything is trained or written) when ``seeds`` seeds cannot fit."""
-    need = estimate_memory(agent, seeds, batch_size)
-    free = available_memory(device)
-    if free is not None and need > free:
-        per = need / seeds
-        raise ValueError(
-            f"{seeds} seeds need about {need / 2**30:.1f} GiB on {device} ({per / 2**20:.0f} MiB per seed), "
-            f"but only {free / 2**30:.1f} GiB is free; use at most {max(1, int(free // per))} seeds per run"
-        )
 
 
 # ---------------------------------------------------------------------------------------------- fit

@@ -1,7 +1,9 @@
 """``flowrl bench scores``: D4RL-normalized scores of flowrl flow-DT, softmax-DT, BC and d3rlpy's DT, side by side.
 
 Every algorithm trains on each dataset for the same number of update steps, with each seed, and is then
-evaluated in the dataset's environment:
+evaluated in the dataset's environment. flowrl's agents train all seeds of a (dataset, algorithm) as one
+seed-batched run (:func:`flowrl.agents.fit_seeds`: seed s is the model ``fit`` with seed s trains, the S seeds
+stacked into one model and evaluated together); d3rlpy trains one seed per process:
 
 - ``flow-dt``     flowrl's Decision Transformer with causal Flow-Attention
 - ``softmax-dt``  flowrl's Decision Transformer with softmax attention (the original DT)
@@ -21,8 +23,11 @@ says so and the JSON records it). DTs are conditioned on the Decision Transforme
 return for the environment (hopper 3600, halfcheetah 12000); BC takes no target.
 
 Scores are D4RL-normalized with D4RL's reference returns (``flowrl.envs.normalized_score``). A run's score
-is the mean over its evaluation episodes; a table cell is the mean over seeds ± the standard deviation over
-seeds (with one seed: over that seed's episodes). Episode ``i`` starts from ``reset(seed=10_000 + i)`` for
+is the mean over its evaluation episodes; a table cell is the mean over seeds ± its standard error
+(std over seeds / sqrt(seeds); with one seed: the standard deviation over that seed's episodes).
+``--eval-every`` adds learning curves (flowrl's agents), ``--curves DIR`` plots them per algorithm.
+
+Episode ``i`` starts from ``reset(seed=10_000 + i)`` for
 flowrl's agents; the d3rlpy runner seeds its environment once with the training seed.
 """
 
@@ -48,20 +53,22 @@ from flowrl.scripts.benchmarking import (
     peer_model_kwargs,
     require_peer,
 )
+from flowrl.scripts.score_table import (
+    ALGOS,
+    LABELS,
+    TABLE_NOTE,
+    format_scores_table,
+    merge_results,
+    run_text,
+    settings_text,
+    summarize,
+)
 
 from flowrl.errors import InputError
 
 HELP = "D4RL-normalized scores: flow-DT, softmax-DT, BC and d3rlpy's DT on the shared datasets, same step budget"
 
-ALGOS = ("flow-dt", "flow-dt-staggered", "softmax-dt", "bc", "d3rlpy")
 DEFAULT_ALGOS = ("flow-dt", "softmax-dt", "bc", "d3rlpy")
-LABELS = {
-    "flow-dt": "flowrl flow-DT",
-    "flow-dt-staggered": "flowrl flow-DT (staggered rollout)",
-    "softmax-dt": "flowrl softmax-DT",
-    "bc": "flowrl BC",
-    "d3rlpy": "d3rlpy DT",
-}
 DT_WARMUP = 10_000
 """The Decision Transformer recipe's warmup steps (flowrl's and d3rlpy's default)."""
 DEFAULT_DATASETS = ("hopper-medium-v2", "hopper-medium-replay-v2", "halfcheetah-medium-v2")
@@ -103,7 +110,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="cpu", help="device for flowrl's agents: cpu, cuda, cuda:N (d3rlpy's venv is CPU-only)"
     )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="flowrl's agents: also evaluate every this many updates, for learning curves (default: only at the end)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="flowrl's agents: checkpoint every this many updates, so --resume loses little (default: at the end)",
+    )
     p.add_argument("--out", default=None, help="keep run folders under this root (default: a deleted temp folder)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --out: continue flowrl's seed-batched runs from their checkpoints instead of starting over",
+    )
+    p.add_argument(
+        "--curves",
+        default=None,
+        metavar="DIR",
+        help="write learning curves here, one PNG per algorithm (mean and min..max over seeds; needs --eval-every)",
+    )
     p.add_argument("--peer-timeout", type=float, default=None, help="seconds allowed per d3rlpy run (default: none)")
     p.add_argument("--json", default=None, help="write settings, per-run raw returns and the table here")
     p.add_argument(
@@ -121,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from flowrl.envs import get_spec, load_dataset
 
     if args.merge:
-        return _merge(args.merge, args.json)
+        return _merge(args.merge, args.json, args.curves)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -184,7 +214,10 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     trained = [a for a in args.algos if a != "flow-dt-staggered"]
-    total = len(datasets) * len(trained) * args.seeds
+    jobs = [(d, algo) for d in datasets for algo in trained]  # flowrl: one seed-batched run per job
+    total = sum(args.seeds if algo == "d3rlpy" else 1 for _, algo in jobs)
+    if args.resume and not args.out:
+        raise InputError("--resume continues the run folders under --out; give --out")
     with ExitStack() as stack:
         root = Path(args.out) if args.out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flowrl-")))
         root = root.absolute()  # the d3rlpy runner works in a folder of its own
@@ -192,29 +225,26 @@ def run(args: argparse.Namespace) -> int:
         if "d3rlpy" in args.algos:
             hdf5 = {d["path"]: stack.enter_context(d4rl_file(d["path"], d["data"])) for d in datasets}
         k = 0
-        for seed in result["seeds"]:
-            for d in datasets:
-                for algo in trained:
-                    k += 1
-                    print(f"[{k}/{total}] {d['name']} {LABELS[algo]} seed {seed}: training", file=sys.stderr)
-                    rec = _one_run(
-                        algo,
-                        d,
-                        seed,
-                        root / d["name"] / algo / f"seed{seed}",
-                        hdf5.get(d["path"]),
-                        args,
-                        threads,
-                        result["warmup_steps"],
-                    )
-                    extra = rec.pop("staggered", None)
+        for d, algo in jobs:
+            if algo == "d3rlpy":
+                batches = [[seed] for seed in result["seeds"]]
+            else:
+                batches = [result["seeds"]]
+            for seeds in batches:
+                k += 1
+                what = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]} (one batched run)"
+                print(f"[{k}/{total}] {d['name']} {LABELS[algo]} {what}: training", file=sys.stderr)
+                if algo == "d3rlpy":
+                    run_dir = root / d["name"] / algo / f"seed{seeds[0]}"
+                    warm = result["warmup_steps"]["d3rlpy"]
+                    recs = [_peer_run(d, seeds[0], run_dir, hdf5[d["path"]], args, threads, warm)]
+                else:
+                    recs = _flowrl_runs(algo, d, seeds, root / d["name"] / algo, args, result["warmup_steps"]["dt"])
+                for rec in recs:
                     print(f"[{k}/{total}] {run_text(rec)}", file=sys.stderr)
                     result["runs"].append(rec)
-                    if extra is not None:
-                        print(f"[{k}/{total}] {run_text(extra)}", file=sys.stderr)
-                        result["runs"].append(extra)
-                    if args.json:  # after every run, so that a long run stopped halfway keeps what it measured
-                        _write_json(args.json, result)
+                if args.json:  # after every run, so that a long run stopped halfway keeps what it measured
+                    _write_json(args.json, result)
     cells = summarize(result["runs"])
     result["table"] = cells
     print(f"\n{machine_text(threads)}")
@@ -224,13 +254,9 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + TABLE_NOTE)
     if args.json:
         _write_json(args.json, result)
+    if args.curves:
+        _write_curves(result, args.curves)
     return 0
-
-
-TABLE_NOTE = (
-    "D4RL-normalized score, mean over seeds ± std over seeds (one seed: std over its episodes); "
-    "each run's score is the mean over its evaluation episodes."
-)
 
 
 def dt_warmup(steps: int) -> int:
@@ -243,94 +269,19 @@ def dataset_name(path: str | os.PathLike) -> str:
     return p.stem if p.suffix.lower() in (".hdf5", ".h5", ".npz") else p.name
 
 
-def summarize(runs: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{dataset: {algo: {"mean", "std", "n", "std_over"}}}`` from the runs that produced returns."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in runs:
-        if r.get("normalized"):
-            groups.setdefault((r["dataset"], r["algo"]), []).append(r)
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (ds, algo), rs in groups.items():
-        per_seed = np.array([r["score"] for r in rs])
-        if len(rs) > 1:
-            std, over = float(np.std(per_seed)), "seeds"
-        else:
-            std, over = float(np.std(rs[0]["normalized"])), "episodes"
-        out.setdefault(ds, {})[algo] = {"mean": float(per_seed.mean()), "std": std, "n": len(rs), "std_over": over}
-    return out
-
-
-def format_scores_table(cells: dict, datasets: list[str], algos: list[str], peer_warmup: int | None = None) -> str:
-    """Markdown table: a row per dataset, a column per algorithm, cells "mean ± std (n seeds)".
-
-    ``peer_warmup``: d3rlpy's warmup steps when they differ from flowrl's DTs (shown in its column header).
-    """
-    from flowrl.scripts.report import table
-
-    labels = dict(LABELS)
-    if peer_warmup is not None:
-        labels["d3rlpy"] = f"{LABELS['d3rlpy']} (warmup {peer_warmup})"
-
-    rows = []
-    for ds in datasets:
-        row = [ds]
-        for algo in algos:
-            c = cells.get(ds, {}).get(algo)
-            row.append("-" if c is None else f"{c['mean']:.1f} ± {c['std']:.1f} ({c['n']} seed{'s' * (c['n'] != 1)})")
-        rows.append(row)
-    return table(["dataset", *(labels[a] for a in algos)], rows)
-
-
-def settings_text(result: dict) -> str:
-    targets = ", ".join(sorted({f"{d['env']} {d['target_return']:g}" for d in result["datasets"]}))
-    w = result["warmup_steps"]
-    m = result["model"]
-    peer = "" if w["d3rlpy"] in (None, w["dt"]) else f" (d3rlpy: its fixed {w['d3rlpy']})"
-    return (
-        f"{result['steps']} update steps per run, DTs (K={m['context']} dim={m['dim']} layers={m['layers']} "
-        f"heads={m['heads']} batch={m['batch']}) warm up over {w['dt']} steps{peer}, BC "
-        f"{result['bc']['layers']}x{result['bc']['hidden']} batch {result['bc']['batch_size']}; "
-        f"{result['eval_episodes']} evaluation episodes per run at target returns {targets}"
-        f"{'; flowrl in bf16' if result['bf16'] else ''}"
-    )
-
-
-def run_text(rec: dict) -> str:
-    head = f"{rec['dataset']} {LABELS[rec['algo']]} seed {rec['seed']}"
-    if "error" in rec:
-        return f"{head}: failed, left out of the table: {rec['error'].splitlines()[0]}"
-    rate = rec["steps"] / rec["train_seconds"] if rec["train_seconds"] > 0 else float("nan")
-    return (
-        f"{head}: {rec['steps']} steps in {rec['train_seconds']:.0f} s ({rate:.2f} steps/s), eval "
-        f"{rec['eval_seconds']:.0f} s, return {np.mean(rec['returns']):.1f} ± {np.std(rec['returns']):.1f}, "
-        f"normalized {rec['score']:.1f}"
-    )
-
-
-def _one_run(algo: str, d: dict, seed: int, run_dir: Path, hdf5: Path | None, args, threads: int, warmup: dict) -> dict:
-    """Train and evaluate one (dataset, algo, seed); a failed d3rlpy run is recorded, not raised."""
+def _peer_run(d: dict, seed: int, run_dir: Path, hdf5: Path, args, threads: int, warmup: int) -> dict:
+    """Train and evaluate d3rlpy's DT for one (dataset, seed); a failed run is recorded, not raised."""
     from flowrl.envs import normalized_score
     from flowrl.scripts.peers import PeerRunError
 
-    head = {"dataset": d["name"], "algo": algo, "seed": seed}
-    if algo == "d3rlpy":
-        try:
-            rec = _d3rlpy_run(hdf5, d["spec"], seed, run_dir, args, threads, warmup["d3rlpy"])
-        except PeerRunError as e:  # keep the other runs' minutes
-            return {**head, "error": str(e)}
-    else:
-        rec = _flowrl_run(algo, d["data"], d["spec"], seed, run_dir, args, warmup["dt"])
+    head = {"dataset": d["name"], "algo": "d3rlpy", "seed": seed}
+    try:
+        rec = _d3rlpy_run(hdf5, d["spec"], seed, run_dir, args, threads, warmup)
+    except PeerRunError as e:  # keep the other runs' minutes
+        return {**head, "error": str(e)}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other jobs slow every run: keep their load
-
-    def scored(rec: dict) -> dict:
-        normalized = np.atleast_1d(normalized_score(d["spec"], rec["returns"])).tolist()
-        return {**rec, "normalized": normalized, "score": float(np.mean(normalized)), "loadavg_1m": load}
-
-    out = scored({**head, **rec})
-    if "staggered" in rec:
-        out["staggered"] = scored({**head, **rec, **rec["staggered"], "algo": "flow-dt-staggered"})
-        out["staggered"].pop("staggered")
-    return out
+    normalized = np.atleast_1d(normalized_score(d["spec"], rec["returns"])).tolist()
+    return {**head, **rec, "normalized": normalized, "score": float(np.mean(normalized)), "loadavg_1m": load}
 
 
 # ---------------------------------------------------------------------------------------------- flowrl side
@@ -340,9 +291,14 @@ def _bc_config():
     return BCConfig()
 
 
-def _flowrl_run(algo: str, ds, spec, seed: int, run_dir: Path, args, warmup: int) -> dict:
-    from flowrl.agents import DecisionTransformerConfig, TrainConfig, fit, make_agent
+def _flowrl_runs(algo: str, d: dict, seeds: list[int], run_dir: Path, args, warmup: int) -> list[dict]:
+    """Train and evaluate every seed of (dataset, algo) as one seed-batched run; one record per seed (and per
+    seed of the staggered re-evaluation when asked for)."""
+    from flowrl.agents import DecisionTransformerConfig, TrainConfig
+    from flowrl.agents.seed_training import SEEDS_FILE, fit_seeds
+    from flowrl.envs import normalized_score
 
+    ds, spec = d["data"], d["spec"]
     if algo == "bc":
         cfg = _bc_config()
     else:
@@ -355,61 +311,109 @@ def _flowrl_run(algo: str, ds, spec, seed: int, run_dir: Path, args, warmup: int
             warmup_steps=warmup,
             attention="softmax" if algo == "softmax-dt" else "flow",
         )
-    agent = make_agent(cfg, ds.obs_dim, ds.act_dim, seed=seed)
     tcfg = TrainConfig(
         steps=args.steps,
+        eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
         num_envs=args.num_envs,
         target_returns=(spec.target_returns[0],),
-        checkpoint_every=args.steps,
+        checkpoint_every=args.checkpoint_every or args.steps,
         keep_checkpoints=1,
         log_every=min(50, args.steps),
-        seed=seed,
         device=args.device,
         bf16=args.bf16,
         threads=args.threads,
         extra={"dataset": str(ds.metadata.get("source", ""))},
     )
-    res = fit(agent, ds, tcfg, run_dir, progress=False)
-    ev = res["eval"][0]
-    staggered = {}
+    resume = bool(args.resume and (run_dir / SEEDS_FILE).is_file())
+    res = fit_seeds(cfg, ds, tcfg, seeds, run_dir, resume=resume, progress=False, env_name=ds.env_name)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other jobs slow every run: keep their load
+    recs = []
+    for seed in seeds:
+        head = {"dataset": d["name"], "algo": algo, "seed": seed, "seeds_batched": len(seeds)}
+        if seed in res["stopped"]:
+            recs.append({**head, "error": res["stopped"][seed]["reason"]})
+            continue
+        r = res["per_seed"][seed]
+        ev, h = r["eval"][0], r["history"]
+        normalized = np.atleast_1d(normalized_score(spec, ev["returns"])).tolist()
+        recs.append(
+            {
+                **head,
+                "steps": r["train"]["steps"],
+                "warmup_steps": cfg.warmup_steps,
+                "train_seconds": r["train"]["seconds"],
+                "final_loss": r["train"]["final_loss"],
+                "target_return": ev["target_return"],
+                "returns": [float(x) for x in ev["returns"]],
+                "lengths": [int(x) for x in ev["lengths"]],
+                "eval_seconds": ev["seconds"],
+                "normalized": normalized,
+                "score": float(np.mean(normalized)),
+                "loadavg_1m": load,
+                "curve": {k: h[k] for k in ("step", "loss", "eval_step", "eval_score", "eval_return")},
+            }
+        )
     if algo == "flow-dt" and "flow-dt-staggered" in args.algos:
-        staggered = {"staggered": _evaluate_staggered(agent, spec, args, tcfg)}
-    return {
-        **staggered,
-        "steps": res["train"]["steps"],
-        "warmup_steps": cfg.warmup_steps,
-        "train_seconds": res["train"]["seconds"],
-        "final_loss": res["train"]["final_loss"],
-        "target_return": ev["target_return"],
-        "returns": ev["returns"],
-        "lengths": ev["lengths"],
-        "eval_seconds": ev["seconds"],
-    }
+        recs += _evaluate_staggered(recs, run_dir, spec, args, tcfg, load)
+    return recs
 
 
-def _evaluate_staggered(agent, spec, args, tcfg) -> dict:
-    """The trained flow-DT again, with the staggered rollout, on the same evaluation episodes."""
+def _evaluate_staggered(recs: list[dict], run_dir: Path, spec, args, tcfg, load) -> list[dict]:
+    """The trained flow-DT seeds again, with the staggered rollout, on the same evaluation episodes."""
     import time
 
-    from flowrl.envs import evaluate
+    from flowrl.agents import load_agent
+    from flowrl.agents.seed_policy import SplitPolicy
+    from flowrl.agents.seed_training import seed_dir
+    from flowrl.envs import evaluate_groups, normalized_score
 
+    done = [r for r in recs if "error" not in r]
+    if not done:
+        return []
+    agents = [load_agent(seed_dir(run_dir, r["seed"]), device=args.device) for r in done]
     t0 = time.perf_counter()
-    (ev,) = evaluate(
-        agent.make_policy(rollout="staggered"),
+    groups = evaluate_groups(
+        SplitPolicy([a.make_policy(rollout="staggered") for a in agents]),
         spec,
+        len(agents),
         episodes=args.eval_episodes,
         num_envs=args.num_envs,
         seed=tcfg.eval_seed,
         target_returns=(spec.target_returns[0],),
         progress=False,
     )
-    return {
-        "rollout": "staggered",
-        "returns": [float(x) for x in ev.returns],
-        "lengths": [int(x) for x in ev.lengths],
-        "eval_seconds": time.perf_counter() - t0,
-    }
+    seconds = time.perf_counter() - t0
+    out = []
+    for r, (ev,) in zip(done, groups):
+        normalized = np.atleast_1d(normalized_score(spec, ev.returns)).tolist()
+        out.append(
+            {
+                **{k: v for k, v in r.items() if k != "curve"},
+                "algo": "flow-dt-staggered",
+                "rollout": "staggered",
+                "returns": [float(x) for x in ev.returns],
+                "lengths": [int(x) for x in ev.lengths],
+                "eval_seconds": seconds,
+                "normalized": normalized,
+                "score": float(np.mean(normalized)),
+                "loadavg_1m": load,
+            }
+        )
+    return out
+
+
+def _write_curves(result: dict, folder: str | os.PathLike) -> None:
+    from flowrl.agents.seed_plots import plot_score_curves
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    names = [d["name"] for d in result["datasets"]]
+    for algo in result["algos"]:
+        runs = [r for r in result["runs"] if r["algo"] == algo and r.get("curve")]
+        if runs:
+            path = plot_score_curves(runs, names, Path(folder) / f"curves-{algo}.png", title=LABELS[algo])
+            if path is not None:
+                print(f"learning curves: {path}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- d3rlpy side
@@ -467,57 +471,7 @@ def _write_json(path: str, result: dict) -> None:
     atomic.write_json(path, result)
 
 
-MERGE_KEYS = ("steps", "model", "eval_episodes")
-"""Settings every merged file must share (a table compares one budget, one model size, one evaluation)."""
-
-
-def merge_results(results: list[dict], names: list[str]) -> dict:
-    """One result from several ``--json`` results of ``bench scores`` (same budget and model; no run twice)."""
-    first = results[0]
-    for res, name in zip(results, names):
-        if res.get("bench") != "scores" or not isinstance(res.get("runs"), list):
-            raise InputError(f"--merge: {name} is not a `flowrl bench scores --json` file")
-        for key in MERGE_KEYS:
-            if res.get(key) != first.get(key):
-                a, b = first.get(key), res.get(key)
-                raise InputError(f"--merge: {key} differs between {names[0]} ({a}) and {name} ({b})")
-    flowrl_files = [(res, name) for res, name in zip(results, names) if set(res.get("algos", [])) - {"d3rlpy"}]
-    for res, name in flowrl_files[1:]:  # flowrl's precision is part of its recipe (d3rlpy is always fp32)
-        if bool(res.get("bf16")) != bool(flowrl_files[0][0].get("bf16")):
-            a, b = (("bf16" if r.get("bf16") else "fp32") for r in (flowrl_files[0][0], res))
-            raise InputError(f"--merge: flowrl ran in {a} in {flowrl_files[0][1]} but in {b} in {name}")
-    seen: dict[tuple, str] = {}
-    runs, datasets = [], {}
-    for res, name in zip(results, names):
-        for r in res["runs"]:
-            key = (r["dataset"], r["algo"], r["seed"])
-            if key in seen:
-                raise InputError(f"--merge: {key[0]} {key[1]} seed {key[2]} is in both {seen[key]} and {name}")
-            seen[key] = name
-            runs.append(r)
-        for d in res.get("datasets", []):
-            datasets.setdefault(d["name"], d)
-    present = {r["algo"] for r in runs}
-    warmup = dict(first["warmup_steps"])
-    for res in results:
-        if res["warmup_steps"].get("d3rlpy") is not None:
-            warmup["d3rlpy"] = res["warmup_steps"]["d3rlpy"]
-    return {
-        **{k: first[k] for k in MERGE_KEYS},
-        "bench": "scores",
-        "merged_from": names,
-        "warmup_steps": warmup,
-        "seeds": sorted({r["seed"] for r in runs}),
-        "algos": [a for a in ALGOS if a in present],
-        "bc": first["bc"],
-        "bf16": bool(flowrl_files and flowrl_files[0][0].get("bf16")),
-        "machines": sorted({res.get("machine", "?") for res in results}),
-        "datasets": list(datasets.values()),
-        "runs": runs,
-    }
-
-
-def _merge(paths: list[str], json_out: str | None) -> int:
+def _merge(paths: list[str], json_out: str | None, curves: str | None = None) -> int:
     results = []
     for path in paths:
         try:
@@ -534,4 +488,6 @@ def _merge(paths: list[str], json_out: str | None) -> int:
     print("\n" + TABLE_NOTE)
     if json_out:
         _write_json(json_out, merged)
+    if curves:
+        _write_curves(merged, curves)
     return 0

@@ -101,7 +101,7 @@ def test_the_runner_is_read_for_a_warmup_option(tmp_path, monkeypatch):
     assert bench_scores.peer_takes_warmup() is False
 
 
-def test_cells_average_seeds_and_spread_over_seeds_or_the_one_seeds_episodes():
+def test_cells_average_seeds_with_their_standard_error_or_the_one_seeds_episode_spread():
     runs = [
         {"dataset": "a", "algo": "bc", "seed": 0, "normalized": [10.0, 20.0], "score": 15.0},
         {"dataset": "a", "algo": "bc", "seed": 1, "normalized": [30.0, 40.0], "score": 35.0},
@@ -109,8 +109,17 @@ def test_cells_average_seeds_and_spread_over_seeds_or_the_one_seeds_episodes():
         {"dataset": "a", "algo": "d3rlpy", "seed": 0, "error": "boom"},
     ]
     cells = bench_scores.summarize(runs)
-    assert cells["a"]["bc"] == {"mean": 25.0, "std": 10.0, "n": 2, "std_over": "seeds"}
-    assert cells["a"]["flow-dt"] == {"mean": 20.0, "std": 10.0, "n": 1, "std_over": "episodes"}
+    std = float(np.std([15.0, 35.0], ddof=1))
+    assert cells["a"]["bc"] == {
+        "mean": 25.0,
+        "se": pytest.approx(std / np.sqrt(2)),
+        "std": pytest.approx(std),
+        "n": 2,
+        "std_over": "seeds",
+        "scores": {"0": 15.0, "1": 35.0},
+    }
+    one = {"mean": 20.0, "se": 10.0, "std": 10.0, "n": 1, "std_over": "episodes", "scores": {"0": 20.0}}
+    assert cells["a"]["flow-dt"] == one
     assert "d3rlpy" not in cells["a"]
     text = bench_scores.format_scores_table(cells, ["a", "b"], ["flow-dt", "bc", "d3rlpy"])
     header, _, row_a, row_b = text.splitlines()
@@ -185,8 +194,10 @@ def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, t
     args = _parse([*argv, *algos, "--out", str(runs_root), "--json", str(out), *TINY])
     assert bench_scores.run(args) == 0
     captured = capsys.readouterr()
-    assert "[8/8] tiny-hopper d3rlpy DT seed 1:" in captured.err  # progress per trained run
-    assert "tiny-hopper flowrl flow-DT (staggered rollout) seed 1:" in captured.err  # no training of its own
+    # flowrl trains both seeds of an algo as one batched run, d3rlpy one process per seed
+    assert "[1/5] tiny-hopper flowrl flow-DT seeds 0-1 (one batched run): training" in captured.err
+    assert "[5/5] tiny-hopper d3rlpy DT seed 1:" in captured.err
+    assert "tiny-hopper flowrl flow-DT (staggered rollout) seed 1 (of 2 batched):" in captured.err
 
     # d3rlpy: one call per seed, same budget, size, target and threads as flowrl's side
     assert [c[0] for c in fake_peer] == ["scores", "scores"]
@@ -218,12 +229,15 @@ def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, t
     assert runs[("bc", 0)]["target_return"] is None and runs[("flow-dt", 0)]["target_return"] == 3600.0
     assert runs[("flow-dt-staggered", 0)]["rollout"] == "staggered"
     assert runs[("flow-dt-staggered", 0)]["train_seconds"] == runs[("flow-dt", 0)]["train_seconds"]
+    for algo in ("flow-dt", "softmax-dt", "bc"):
+        assert runs[(algo, 1)]["seeds_batched"] == 2
+        assert runs[(algo, 1)]["curve"]["eval_step"] == [3] and len(runs[(algo, 1)]["curve"]["eval_score"]) == 1
     with pytest.raises(ValueError, match="add flow-dt"):
         bench_scores.run(_parse([*argv, "--algos", "flow-dt-staggered,bc", *TINY]))
 
     # flowrl's DTs: the same size, warmup steps//10, in run folders under --out
     for algo, attention in (("flow-dt", "flow"), ("softmax-dt", "softmax")):
-        agent = json.loads(next((runs_root / "tiny-hopper" / algo / "seed1").rglob("agent.json")).read_text())
+        agent = json.loads(next((runs_root / "tiny-hopper" / algo / "seed_1").rglob("agent.json")).read_text())
         cfg = agent["config"]
         assert (cfg["attention"], cfg["context"], cfg["dim"], cfg["depth"], cfg["warmup_steps"]) == (
             attention,
