@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-BENCHES = ("attention", "data", "train", "rollout", "scores", "context")
+BENCHES = ("attention", "data", "train", "rollout", "scores", "context", "seeds")
 
 
 def add_parser(sub) -> None:
