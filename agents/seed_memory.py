@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from flowrl.errors import InputError
+
 __all__ = ["estimate_memory", "available_memory", "check_memory"]
 
 
@@ -46,7 +48,7 @@ def check_memory(agent, seeds: int, batch_size: int, device: torch.device) -> No
     free = available_memory(device)
     if free is not None and need > free:
         per = need / seeds
-        raise ValueError(
+        raise InputError(
             f"{seeds} seeds need about {need / 2**30:.1f} GiB on {device} ({per / 2**20:.0f} MiB per seed), "
             f"but only {free / 2**30:.1f} GiB is free; use at most {max(1, int(free // per))} seeds per run"
         )

@@ -50,6 +50,7 @@ from flowrl.agents.seed_policy import make_seed_policy
 from flowrl.agents.stacking import keep_seeds, load_seed_state_dicts, seed_state_dict, stack_models
 from flowrl.agents.trainer import TRAINER_FILE, TrainConfig, Trainer, _param_groups, fused_kwargs, pick_device
 
+from flowrl.errors import InputError, MissingInputError
 from flowrl.models.config import atomic_write_text
 
 __all__ = ["SeedTrainer", "fit_seeds", "seed_dir", "read_seeds_file", "summarize_seeds", "SEEDS_FILE"]
@@ -72,7 +73,7 @@ def read_seeds_file(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         data["seeds"] = [int(s) for s in data["seeds"]]
         data["stopped"] = {int(k): v for k, v in data.get("stopped", {}).items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is not a flowrl seeds file: {e}") from None
+        raise InputError(f"{path} is not a flowrl seeds file: {e}") from None
     return data
 
 
@@ -160,7 +161,7 @@ class SeedTrainer:
         if len(agents) != len(seeds) or not agents:
             raise ValueError(f"SeedTrainer: {len(agents)} agents for {len(seeds)} seeds")
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"SeedTrainer: seeds must differ, got {list(seeds)}")
+            raise InputError(f"seeds must differ, got {list(seeds)}")
         self.agents, self.dataset, self.config = list(agents), dataset, config
         self.seeds = [int(s) for s in seeds]
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -460,9 +461,11 @@ class SeedTrainer:
         assert self.run_dir is not None
         info = read_seeds_file(self.run_dir)
         if info is None:
-            raise FileNotFoundError(f"nothing to resume in {self.run_dir}: no {SEEDS_FILE}")
+            raise MissingInputError(
+                f"nothing to resume in {self.run_dir}: no {SEEDS_FILE} (not a seed-batched run folder)"
+            )
         if info["seeds"] != self.seeds:
-            raise ValueError(
+            raise InputError(
                 f"{self.run_dir} trains seeds {info['seeds']}, not {self.seeds}: resume it with the same seeds"
             )
         self.stopped = info["stopped"]
@@ -471,7 +474,7 @@ class SeedTrainer:
         for k in live:
             latest = self.views[k].checkpoint_dir() / "latest"
             if not latest.exists():
-                raise FileNotFoundError(f"nothing to resume in {self.views[k].run_dir}: no checkpoints/latest")
+                raise MissingInputError(f"nothing to resume in {self.views[k].run_dir}: no checkpoints/latest")
             steps.append(latest.read_text().strip())
         name = min(steps)  # a run killed while moving the pointers: some seeds point at the step before
         loaded = [self._read_checkpoint(k, name) for k in live]
@@ -511,11 +514,11 @@ class SeedTrainer:
             weights = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
             state = torch.load(folder / TRAINER_FILE, map_location=self.device, weights_only=True)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
+            raise MissingInputError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
         except Exception as e:
-            raise ValueError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
+            raise InputError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
         if "dropout_rng" not in state:
-            raise ValueError(f"checkpoint {folder} was not written by a seed-batched run (no dropout_rng)")
+            raise InputError(f"checkpoint {folder} was not written by a seed-batched run (no dropout_rng)")
         state["dropout_rng"] = state["dropout_rng"].cpu()
         return weights, state
 
@@ -568,7 +571,7 @@ def fit_seeds(
     config = config or TrainConfig()
     seeds = [int(s) for s in seeds]
     if not seeds:
-        raise ValueError("fit_seeds: seeds is empty; give at least one seed")
+        raise InputError("seeds is empty; give at least one seed")
     device = pick_device(config.device)
     agents = []
     for seed in seeds:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from flowrl.scripts.argtypes import positive_int, subset_of
-from flowrl.scripts.bench_train import (
+from flowrl.scripts.benchmarking import (
     add_model_arguments,
     describe_dataset,
     machine_text,
@@ -34,7 +34,7 @@ from flowrl.scripts.bench_train import (
 HELP = "seed-batched training: seed-updates/s of S seeds as one model vs S separate runs (flow-DT, softmax-DT)"
 
 ATTENTIONS = ("flow", "softmax")
-DEFAULT_DATASET = str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hopper-medium.hdf5")
+DEFAULT_DATASET = "hopper-medium-v2"
 
 
 def _seed_counts(text: str) -> list[int]:
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default=DEFAULT_DATASET,
-        help="dataset path or name (default: hopper-medium from ../shared/datasets)",
+        help="dataset path or name (default: %(default)s)",
     )
     p.add_argument("--seeds-list", type=_seed_counts, default=[1, 2, 5, 10], help="seed counts S (default 1,2,5,10)")
     p.add_argument(

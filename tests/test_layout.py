@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 # Modules of flowrl.scripts that are libraries for the commands; every other module is a command (a `flowrl`
 # subcommand, a bench, a demo) or the dispatcher, and no module imports a command as a library.
-SCRIPT_LIBRARIES = {"argtypes", "benchmarking", "dataclass_args", "demo_common", "peers", "report"}
+SCRIPT_LIBRARIES = {"argtypes", "benchmarking", "dataclass_args", "demo_common", "peers", "report", "score_table"}
 
 
 def _imported_script_modules(path: Path) -> set[str]:

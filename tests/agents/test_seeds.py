@@ -27,6 +27,15 @@ CONFIGS = {
 QUIET = {"eval_episodes": 0, "log_every": 5, "checkpoint_every": 100}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: on a loaded machine a second torch thread only adds hand-off waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _params(agent) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in agent.model.state_dict().items()}
 
