@@ -12,19 +12,27 @@ from flowrl.errors import InputError
 __all__ = ["estimate_memory", "available_memory", "check_memory"]
 
 
-def estimate_memory(agent, seeds: int, batch_size: int) -> int:
-    """Bytes a seed-batched run of ``seeds`` copies of ``agent`` needs for training, roughly: parameters,
-    gradients and AdamW's two moments (float32), the single-model copies, and the activations an update keeps
-    for its backward pass (measured on flowrl's DT and BC, in float32)."""
+def estimate_memory(config, seeds: int, obs_dim: int = 1, act_dim: int = 1) -> int:
+    """Bytes a seed-batched run of ``seeds`` seeds of the agent ``config`` describes needs for training, roughly:
+    parameters, gradients and AdamW's two moments (float32), each seed's single-model copy, and the activations
+    an update keeps for its backward pass. Nothing is allocated (the model is built on the meta device).
+
+    Calibrated on the default sizes (float32, one thread, 17-d states): the peak resident memory grew by 162 MiB
+    per seed for flow-DT, 132 MiB for softmax-DT and 4 MiB for BC; this gives 184, 184 and 5 MiB.
+    """
+    from flowrl.agents.agent import make_agent
+
+    with torch.device("meta"):
+        agent = make_agent(config, obs_dim, act_dim)
     params = sum(p.numel() for p in agent.model.parameters())
     per_seed = 4 * params * 5  # weights, gradient, two moments, the seed's own single-model copy
-    cfg = agent.config
+    cfg, batch = agent.config, agent.config.batch_size
     if agent.algo == "dt":
-        tokens = batch_size * 3 * cfg.context
+        tokens = batch * 3 * cfg.context
         hidden = cfg.dim * (10 + 2 * cfg.mlp_ratio)  # saved tensors per token and block, in floats
         per_seed += 4 * tokens * (cfg.depth * hidden + 4 * cfg.dim)
     else:
-        per_seed += 4 * batch_size * cfg.hidden * cfg.layers * 4
+        per_seed += 4 * batch * cfg.hidden * cfg.layers * 4
     return int(seeds * per_seed * 1.5)  # allocator slack
 
 
@@ -42,9 +50,10 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(agent, seeds: int, batch_size: int, device: torch.device) -> None:
-    """Raise ValueError (before anything is trained or written) when ``seeds`` seeds cannot fit."""
-    need = estimate_memory(agent, seeds, batch_size)
+def check_memory(config, seeds: int, device: torch.device, obs_dim: int = 1, act_dim: int = 1) -> None:
+    """Raise :class:`~flowrl.errors.InputError` when ``seeds`` seeds of ``config`` cannot fit in ``device``'s
+    free memory (call it before anything is trained or written)."""
+    need = estimate_memory(config, seeds, obs_dim, act_dim)
     free = available_memory(device)
     if free is not None and need > free:
         per = need / seeds

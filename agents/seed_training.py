@@ -573,14 +573,13 @@ def fit_seeds(
     if not seeds:
         raise InputError("seeds is empty; give at least one seed")
     device = pick_device(config.device)
+    check_memory(agent_config, len(seeds), device, dataset.obs_dim, dataset.act_dim)
     agents = []
     for seed in seeds:
         agent = make_agent(agent_config, dataset.obs_dim, dataset.act_dim, seed=seed, env_name=env_name)
         agent.to(device)
         agent.fit_normalization(dataset)
         agents.append(agent)
-        if len(agents) == 1:
-            check_memory(agent, len(seeds), agent.config.batch_size, device)
     trainer = SeedTrainer(agents, dataset, config, seeds, run_dir, progress=progress)
     if resume:
         if run_dir is None:

@@ -294,7 +294,6 @@ def test_bad_seed_input_is_refused_before_anything_is_written(tiny_data, tmp_pat
         fit_seeds(DT, tiny_data, cfg, seeds=[], run_dir=tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match="seeds must differ"):
         fit_seeds(DT, tiny_data, cfg, seeds=[1, 1], run_dir=tmp_path / "b", progress=False)
-    monkeypatch.setattr(seed_training, "check_memory", seed_training.check_memory)  # the real one, explicitly
     monkeypatch.setattr("flowrl.agents.seed_memory.available_memory", lambda device: 10 * 2**20)
     with pytest.raises(ValueError, match=r"40 seeds need about .* GiB on cpu \(.* MiB per seed\), but only 0.0 GiB"):
         fit_seeds(DT, tiny_data, cfg, seeds=range(40), run_dir=tmp_path / "c", progress=False)
