@@ -50,6 +50,7 @@ from flowrl.agents.seed_policy import make_seed_policy
 from flowrl.agents.stacking import keep_seeds, load_seed_state_dicts, seed_state_dict, stack_models
 from flowrl.agents.trainer import TRAINER_FILE, TrainConfig, Trainer, _param_groups, fused_kwargs, pick_device
 
+from flowrl import tiny
 from flowrl.errors import InputError, MissingInputError
 from flowrl.models.config import atomic_write_text
 
@@ -162,7 +163,7 @@ class SeedTrainer:
             raise ValueError(f"SeedTrainer: {len(agents)} agents for {len(seeds)} seeds")
         if len(set(seeds)) != len(seeds):
             raise InputError(f"seeds must differ, got {list(seeds)}")
-        self.agents, self.dataset, self.config = list(agents), dataset, config
+        self.agents, self.dataset, self.config = list(agents), dataset, tiny.shrink(config)  # FLOWRL_TINY (flowrl.tiny)
         self.seeds = [int(s) for s in seeds]
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress

@@ -18,7 +18,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from flowrl.scripts.argtypes import positive_int, subset_of
 from flowrl.scripts.benchmarking import (
@@ -134,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
             "machine": machine_text(threads),
             "rows": results,
         }
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        from flowrl.models.config import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
     return 0
 
 

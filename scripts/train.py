@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flowrl.scripts.argtypes import UsageError
+from flowrl.scripts.argtypes import UsageError, positive_int
 from flowrl.scripts.dataclass_args import add_dataclass_arguments, given_values
 
 from flowrl.errors import InputError
@@ -53,6 +53,14 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=None,
+        metavar="S",
+        help="train S seeds (--seed .. --seed+S-1) as one seed-batched model; the run folder holds seed_<k>/ "
+        "per seed (default: one seed, a plain run)",
+    )
     p.add_argument(
         "--global-batch",
         action="store_true",
@@ -218,6 +226,24 @@ def _load(dataset: str, *, download: bool, progress: bool):
     return load_dataset(dataset, download=download)
 
 
+def _resume_seeds(out: Path, asked: int | None) -> list[int] | None:
+    """The seeds of the seed-batched run in ``out`` (None for a single run), checked against ``--seeds``."""
+    from flowrl.agents.seed_training import read_seeds_file
+
+    info = read_seeds_file(out)
+    if info is None:
+        if asked is not None:
+            raise UsageError(f"--resume: {out} is a single run (no seeds.json); resume it without --seeds")
+        return None
+    seeds = info["seeds"]
+    if asked is not None and asked != len(seeds):
+        raise UsageError(
+            f"--resume: {out} trains {len(seeds)} seeds ({', '.join(map(str, seeds))}), not {asked}; "
+            f"resume it with --seeds {len(seeds)} or without --seeds"
+        )
+    return seeds
+
+
 def run(args) -> int:
     from flowrl.agents import fit, make_agent
     from flowrl.agents.distributed import distributed_env, fit_distributed, is_main_process, load_dataset_shared
@@ -238,11 +264,15 @@ def run(args) -> int:
         out = Path(args.out)
         check_run_folder(out, resume=True, overwrite=False)
         algo, agent_cfg, train_cfg, dataset, notes = resumed(args, out)
+        seeds = _resume_seeds(out, args.seeds)
     else:
         algo, agent_cfg, train_cfg, dataset, notes = build(args)
         out = Path(args.out) if args.out else _default_out(dataset, algo, getattr(agent_cfg, "attention", None))
+        seeds = None if args.seeds is None else list(range(train_cfg.seed, train_cfg.seed + args.seeds))
         if not ddp:
             check_run_folder(out, resume=False, overwrite=args.overwrite)
+    if ddp and seeds is not None:
+        raise UsageError("a seed-batched run (--seeds) trains every seed in one process; run it without torchrun")
 
     t0 = time.perf_counter()
     if ddp:  # one copy per machine, shared by its processes; rank 0's errors are raised on every rank
@@ -257,6 +287,9 @@ def run(args) -> int:
         ds = _load(dataset, download=args.download, progress=progress)
     load_s = time.perf_counter() - t0
     device = pick_device(train_cfg.device)
+    if seeds is not None:
+        train_cfg.extra = {**train_cfg.extra, "dataset": dataset}
+        return _run_seeds(args, algo, agent_cfg, train_cfg, dataset, ds, seeds, out, device, load_s, t0, notes)
     agent = make_agent(agent_cfg, ds.obs_dim, ds.act_dim, seed=train_cfg.seed, env_name=ds.env_name).to(device)
     train_cfg.extra = {**train_cfg.extra, "dataset": dataset}
     n_params = sum(p.numel() for p in agent.model.parameters())
@@ -292,5 +325,62 @@ def run(args) -> int:
     if results.get("eval"):
         print(f"\nevaluation on {results['eval'][0]['env']} ({train_cfg.eval_episodes} episodes per target):")
         print(eval_table(results["eval"]))
+    print(f"\nrun folder: {out} (total {time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+def _run_seeds(args, algo, agent_cfg, train_cfg, dataset, ds, seeds, out, device, load_s, t0, notes) -> int:
+    """``--seeds S``: the seeds trained as one seed-batched model (:func:`flowrl.agents.seed_training.fit_seeds`)."""
+    from dataclasses import replace
+
+    from flowrl.agents.run_folder import open_run_folder
+    from flowrl.agents.seed_memory import check_memory
+    from flowrl.agents.seed_training import fit_seeds, seed_dir
+    from flowrl.scripts.report import table
+
+    from flowrl import atomic
+
+    check_memory(agent_cfg, len(seeds), device, ds.obs_dim, ds.act_dim)  # before anything is written
+    record = {"algo": algo, "dataset": dataset, "agent": agent_cfg.to_dict(), "train": train_cfg.to_dict()}
+    with open_run_folder(out, resume=args.resume, overwrite=args.overwrite, record=record) as path:
+        if not args.resume:
+            for seed in seeds:  # each seed's folder is a run folder of its own: it resumes alone with --resume
+                own = {**record, "train": replace(train_cfg, seed=seed).to_dict()}
+                seed_dir(path, seed).mkdir(exist_ok=True)
+                atomic.write_json(seed_dir(path, seed) / "config.json", own)
+        for note in notes:
+            print(note, file=sys.stderr)
+        s = ds.summary()
+        what = f"{algo}" + (f" ({agent_cfg.attention} attention)" if algo == "dt" else "")
+        print(
+            f"flowrl train: {what}, {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) as one seed-batched model, "
+            f"{train_cfg.steps} steps on {device}{' with bf16 autocast' if train_cfg.bf16 else ''}\n"
+            f"dataset {dataset}: {s['transitions']} transitions, {s['episodes']} episodes, "
+            f"return {s['return_mean']:.1f} ± {s['return_std']:.1f} (loaded in {load_s:.1f}s)\n"
+            f"run folder: {out}",
+            flush=True,
+        )
+        res = fit_seeds(
+            agent_cfg, ds, train_cfg, seeds, path, resume=args.resume, progress=not args.quiet, env_name=ds.env_name
+        )
+    rows = []
+    for seed in seeds:
+        if seed in res["stopped"]:
+            rows.append([seed, "-", "-", "-", f"stopped: {res['stopped'][seed]['reason']}"])
+            continue
+        r = res["per_seed"][seed]
+        best = max(r.get("eval") or [{}], key=lambda e: e.get("return_mean", float("-inf")))
+        rows.append(
+            [seed, r["train"]["steps"], r["train"]["final_loss"], best.get("return_mean"), best.get("normalized_mean")]
+        )
+    print(table(["seed", "steps", "final loss", "return", "normalized score"], rows))
+    for row in res["summary"]:
+        if "score_mean" not in row:
+            continue
+        target = "-" if row["target_return"] is None else f"{row['target_return']:g}"
+        n = len(row["seeds"])
+        over = f"mean ± standard error over {n} seeds" if n > 1 else "one seed"
+        spread = "" if row.get("score_se") is None else f" ± {row['score_se']:.1f}"
+        print(f"target {target}: normalized score {row['score_mean']:.1f}{spread} ({over})")
     print(f"\nrun folder: {out} (total {time.perf_counter() - t0:.0f}s)")
     return 0
