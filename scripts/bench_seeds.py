@@ -30,6 +30,8 @@ from flowrl.scripts.benchmarking import (
     table,
 )
 
+from flowrl import tiny
+
 HELP = "seed-batched training: seed-updates/s of S seeds as one model vs S separate runs (flow-DT, softmax-DT)"
 
 ATTENTIONS = ("flow", "softmax")
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if tiny.enabled():  # FLOWRL_TINY=1: the two smallest seed counts (flowrl.tiny)
+        args.seeds_list = args.seeds_list[:2]
     threads = torch.get_num_threads()
     ds = load_dataset(args.dataset)
     print(
