@@ -176,6 +176,8 @@ def make_seed_policy(agents: Sequence, model: nn.Module, *, rollout: str = "wind
     :class:`SplitPolicy` over the agents' own policies, which must then hold the current weights.
     """
     algo = agents[0].algo
+    if rollout == "auto":  # the model's own rollout (TrainConfig.eval_rollout)
+        rollout = getattr(agents[0].config, "default_rollout", "window")
     if algo == "bc":
         agents[0].make_policy(rollout=rollout)  # rejects DT-only rollout options as a single BC run does
         return SeedBCPolicy(agents[0], model)

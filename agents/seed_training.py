@@ -35,7 +35,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -44,15 +43,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from flowrl.agents.agent import MODEL_FILE, Agent, make_agent, replace_dir
+from flowrl.agents.agent import MODEL_FILE, WEIGHTS_KEY, Agent, make_agent, torch_save
 from flowrl.agents.seed_memory import check_memory
 from flowrl.agents.seed_policy import make_seed_policy
 from flowrl.agents.stacking import keep_seeds, load_seed_state_dicts, seed_state_dict, stack_models
 from flowrl.agents.trainer import TRAINER_FILE, TrainConfig, Trainer, _param_groups, fused_kwargs, pick_device
 
-from flowrl import tiny
+from flowrl import atomic, tiny
 from flowrl.errors import InputError, MissingInputError
-from flowrl.models.config import atomic_write_text
 
 __all__ = ["SeedTrainer", "fit_seeds", "seed_dir", "read_seeds_file", "summarize_seeds", "SEEDS_FILE"]
 
@@ -360,7 +358,7 @@ class SeedTrainer:
             "summary": summarize_seeds(per_seed),
         }
         if self.run_dir is not None:
-            atomic_write_text(self.run_dir / "results.json", json.dumps(out, indent=2, default=_jsonable) + "\n")
+            atomic.write_text(self.run_dir / "results.json", json.dumps(out, indent=2, default=_jsonable) + "\n")
             from flowrl.agents.seed_plots import plot_seed_curves
 
             plot_seed_curves(
@@ -427,7 +425,7 @@ class SeedTrainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         data = {"seeds": self.seeds, "stopped": {str(s): v for s, v in self.stopped.items()}}
-        atomic_write_text(self.run_dir / SEEDS_FILE, json.dumps(data, indent=2) + "\n")
+        atomic.write_text(self.run_dir / SEEDS_FILE, json.dumps(data, indent=2) + "\n")
 
     def save_checkpoint(self) -> None:
         """Checkpoint ``step`` for every live seed: all step folders, then all ``latest`` pointers, then pruning."""
@@ -442,16 +440,11 @@ class SeedTrainer:
             view.step = self.step
             root = view.checkpoint_dir()
             root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-            try:
+            with atomic.atomic_dir(root / name) as tmp:
                 view.agent.write_into(tmp)
-                torch.save(view.trainer_state(), tmp / TRAINER_FILE)
-                replace_dir(tmp, root / name)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                torch_save(view.trainer_state(), tmp / TRAINER_FILE)
         for k in self.live:
-            atomic_write_text(self.views[k].checkpoint_dir() / "latest", name + "\n")
+            atomic.write_text(self.views[k].checkpoint_dir() / "latest", name + "\n")
         for k in self.live:
             root = self.views[k].checkpoint_dir()
             for p in sorted(p for p in root.glob("step_*") if p.is_dir())[: -self.config.keep_checkpoints]:
@@ -513,6 +506,7 @@ class SeedTrainer:
         folder = self.views[k].checkpoint_dir() / name
         try:
             weights = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+            weights.pop(WEIGHTS_KEY, None)  # the agent's own record (algo, config), not a weight
             state = torch.load(folder / TRAINER_FILE, map_location=self.device, weights_only=True)
         except FileNotFoundError as e:
             raise MissingInputError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None

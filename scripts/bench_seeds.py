@@ -137,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
             "machine": machine_text(threads),
             "rows": results,
         }
-        from flowrl.models.config import atomic_write_text
+        from flowrl import atomic
 
-        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+        atomic.write_text(args.json, json.dumps(out, indent=2) + "\n")
     return 0
 
 
