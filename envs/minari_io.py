@@ -381,7 +381,8 @@ def write_minari_dataset(
         json.dumps(meta)
     except (TypeError, ValueError) as e:
         raise InputError(f"metadata for {dataset_id!r} is not JSON-serializable: {e}") from None
-    root_dir = Path(root).expanduser() if root is not None else minari_root()
+    # absolute: Minari joins the root it reads from $MINARI_DATASETS_PATH with paths that already hold it
+    root_dir = (Path(root).expanduser() if root is not None else minari_root()).absolute()
     target = root_dir / dataset_id
     if target.exists() and not overwrite:
         raise OutputExistsError(

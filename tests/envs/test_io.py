@@ -99,6 +99,14 @@ def test_minari_refuses_existing_id_unless_overwrite(make_data):
     assert ds.num_transitions == 4 and ds.metadata["n"] == 3
 
 
+def test_minari_write_to_a_relative_root(make_data, monkeypatch, tmp_path):
+    """MINARI_DATASETS_PATH=relative/path flowrl collect ... (the docs' collect example) writes and loads."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", "runs/minari")
+    path = write_minari_dataset("test/x/rel-v0", **make_data(lengths=(3, 2)), env_id=None, metadata={})
+    assert path == tmp_path / "runs/minari/test/x/rel-v0" and load_dataset("test/x/rel-v0").num_transitions == 5
+
+
 def test_minari_write_killed_midway_leaves_nothing(make_data, monkeypatch):
     import minari
 
