@@ -8,7 +8,7 @@ state dict loads one-to-one. Causal modules carry a state for incremental decodi
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -148,10 +148,13 @@ class FlowAttention(_MultiHead):
                 return_state=return_state,
                 chunk=self.chunk,
             )
-            y, new_state = out if return_state else (out, None)
+            y, new_state = cast("tuple[Tensor, FlowState | None]", out if return_state else (out, None))
         else:
-            y = flow_attention(
-                q, k, v, eps=self.eps, clamp=self.clamp, key_padding_mask=kpm, query_padding_mask=padding_mask
+            y = cast(
+                Tensor,
+                flow_attention(
+                    q, k, v, eps=self.eps, clamp=self.clamp, key_padding_mask=kpm, query_padding_mask=padding_mask
+                ),
             )
             new_state = None
         y = self._merge(y, select)
@@ -195,8 +198,8 @@ class SoftmaxAttention(_MultiHead):
                 mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(diagonal=S - L)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            mask = None if kpm is None else (~kpm)[:, None, None, :]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            keep = None if kpm is None else (~kpm)[:, None, None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
             if padding_mask is not None:
                 y = y * (~padding_mask)[:, None, :, None].to(y.dtype)
         y = self._merge(y, select)

@@ -41,6 +41,7 @@ class SinusoidalPositionEmbedding(nn.Module):
         half = dim // 2
         freqs = torch.exp(-math.log(base) * torch.arange(half, dtype=torch.float32) / max(half, 1))
         self.dim = dim
+        self.freqs: Tensor
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, positions: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ Switch ``trunk.attention`` between ``"flow"`` and ``"softmax"`` to compare. Exam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -196,7 +196,7 @@ class ImageClassifierConfig(JsonConfig):
     @property
     def grid(self) -> tuple[int, int]:
         """Patches per column and per row."""
-        h, w = self.image_size
+        h, w = cast("tuple[int, int]", self.image_size)  # __post_init__ makes an int a square
         return h // self.patch_size, w // self.patch_size
 
 
@@ -310,7 +310,7 @@ class SequenceClassifier(nn.Module):
         c = self.config
         check_token_ids(ids, c.vocab_size, "SequenceClassifier")
         if padding_mask is not None:
-            check_padding_mask(padding_mask, tuple(ids.shape), "SequenceClassifier")
+            check_padding_mask(padding_mask, (ids.shape[0], ids.shape[1]), "SequenceClassifier")
         elif c.pad_id is not None:
             padding_mask = ids == c.pad_id
         return self.encoder(self.embed(ids), padding_mask)
@@ -409,9 +409,10 @@ class ImageClassifier(nn.Module):
         p = c.patch_size
         if H % p or W % p:
             raise ValueError(f"{owner}: image size {H}x{W} is not divisible by patch_size={p}")
-        if c.positions == "learned" and (H, W) != tuple(c.image_size):
+        size = cast("tuple[int, int]", c.image_size)
+        if c.positions == "learned" and (H, W) != size:
             raise ValueError(
-                f"{owner}: image size {H}x{W} differs from image_size={c.image_size[0]}x{c.image_size[1]} "
+                f"{owner}: image size {H}x{W} differs from image_size={size[0]}x{size[1]} "
                 "that the learned position table was made for"
             )
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, H/p · W/p, dim), raster order

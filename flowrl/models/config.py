@@ -74,7 +74,7 @@ class JsonConfig:
     """
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[arg-type]
+        return dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:

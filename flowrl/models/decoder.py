@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import ctypes
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +141,8 @@ class FlowDecoder:
         norm = lambda m: (cast(m.weight), cast(m.bias), m.eps)  # noqa: E731
         layers = []
         for block in self.trunk.blocks:
-            a, mlp = block.attn, block.mlp
+            a: Any = block.attn  # torch types submodules as Tensor | Module
+            mlp: Any = block.mlp
             projs = (a.query_projection, a.key_projection, a.value_projection)
             biased = a.out_projection.bias is not None  # the four projections have biases or none do
             layers.append(

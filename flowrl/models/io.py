@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +48,8 @@ def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(directory / WEIGHTS) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    meta = {"format": FORMAT, "model": name, "config": model.config.to_dict()}
+    config: Any = model.config  # every domain model keeps its JsonConfig here
+    meta = {"format": FORMAT, "model": name, "config": config.to_dict()}
     atomic.write_json(directory / CONFIG, meta, sort_keys=True)
     return directory
 
@@ -77,7 +79,7 @@ def load_model(
         )
     if model_cls is not None and model_cls is not cls:
         raise InputError(f"load_model: {directory} holds a {cls.__name__}, not a {model_cls.__name__}")
-    model = cls(cls.config_class.from_dict(meta["config"]))
+    model = cls(cls.config_class.from_dict(meta["config"]))  # type: ignore[attr-defined]  # see MODELS
     state = torch.load(directory / WEIGHTS, map_location=map_location, weights_only=True)
     try:
         model.load_state_dict(state)

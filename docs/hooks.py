@@ -1,0 +1,73 @@
+"""mkdocs hooks: the CLI reference, generated from the ``flowrl`` command's argparse parsers at build time,
+and the source tree the API reference is read from.
+
+The repository keeps ``envs/``, ``agents/`` and ``scripts/`` at its top level and installs them as
+``flowrl.envs``, ``flowrl.agents`` and ``flowrl.scripts`` (``package_dir`` in setup.cfg). mkdocstrings reads
+sources by their import path, so before the build a temporary folder gets a ``flowrl/`` made of links: the
+backbone's files and the three installed subpackages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+from mkdocs.plugins import event_priority
+
+REPO = Path(__file__).resolve().parents[1]
+SUBPACKAGES = {"envs": "envs", "agents": "agents", "scripts": "scripts"}
+
+MARKER = "<!-- flowrl-cli-reference -->"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _sections(parser: argparse.ArgumentParser, depth: int) -> list[str]:
+    """One section per command, subcommands nested under it, each with its ``--help`` text."""
+    out = [f"{'#' * min(depth, 6)} `{parser.prog}`", "", "```text", parser.format_help().rstrip(), "```", ""]
+    for child in _subparsers(parser).values():
+        out += _sections(child, depth + 1)
+    return out
+
+
+def cli_reference() -> str:
+    from flowrl.scripts.cli import build_parser
+
+    parser = build_parser()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return "\n".join(_sections(parser, 2))
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (mkdocs hook signature)
+    if MARKER in markdown:
+        markdown = markdown.replace(MARKER, cli_reference())
+    return markdown
+
+
+def _source_tree() -> Path:
+    """A folder holding ``flowrl/`` laid out as installed: links to the backbone's entries and subpackages."""
+    root = Path(tempfile.mkdtemp(prefix="flowrl-api-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    pkg = root / "flowrl"
+    pkg.mkdir()
+    for entry in (REPO / "flowrl").iterdir():
+        if entry.name != "__pycache__":
+            (pkg / entry.name).symlink_to(entry)
+    for name, folder in SUBPACKAGES.items():
+        (pkg / name).symlink_to(REPO / folder)
+    return root
+
+
+@event_priority(100)  # before mkdocstrings reads its handler options
+def on_config(config):
+    handlers = config.plugins["mkdocstrings"].config.setdefault("handlers", {})
+    handlers.setdefault("python", {})["paths"] = [str(_source_tree())]
+    return config
