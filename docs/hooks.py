@@ -1,5 +1,5 @@
 """mkdocs hooks: the CLI reference, generated from the ``flowrl`` command's argparse parsers at build time,
-and the source tree the API reference is read from.
+the source tree the API reference is read from, and a navigation that holds every page.
 
 The repository keeps ``envs/``, ``agents/`` and ``scripts/`` at its top level and installs them as
 ``flowrl.envs``, ``flowrl.agents`` and ``flowrl.scripts`` (``package_dir`` in setup.cfg). mkdocstrings reads
@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 SUBPACKAGES = {"envs": "envs", "agents": "agents", "scripts": "scripts"}
 
 MARKER = "<!-- flowrl-cli-reference -->"
+# where a page that mkdocs.yml's nav does not name yet goes, after this section (titled by its first heading)
+EXTRA_SECTION, AFTER_SECTION = "Features", "Guides"
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -66,8 +68,45 @@ def _source_tree() -> Path:
     return root
 
 
+def _named(nav) -> set[str]:
+    """The page files a nav (mkdocs.yml's list of strings and one-key dicts) names."""
+    if isinstance(nav, str):
+        return {nav}
+    if isinstance(nav, dict):
+        return set().union(*(_named(v) for v in nav.values()))
+    if isinstance(nav, list):
+        return set().union(set(), *(_named(v) for v in nav))
+    return set()
+
+
+def _title(page: Path) -> str:
+    for line in page.read_text().splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return page.stem.replace("-", " ").capitalize()
+
+
+def complete_nav(nav: list, docs_dir: Path) -> list:
+    """``nav`` with every top-level page of ``docs_dir`` that it does not name added to the Features section."""
+    missing = sorted(p for p in docs_dir.glob("*.md") if p.name not in _named(nav))
+    if not missing:
+        return nav
+    nav = list(nav)
+    entries = [{_title(p): p.name} for p in missing]
+    for i, item in enumerate(nav):
+        if isinstance(item, dict) and EXTRA_SECTION in item:
+            nav[i] = {EXTRA_SECTION: [*item[EXTRA_SECTION], *entries]}
+            return nav
+    keys = [next(iter(item)) if isinstance(item, dict) else None for item in nav]
+    at = keys.index(AFTER_SECTION) + 1 if AFTER_SECTION in keys else len(nav)
+    nav.insert(at, {EXTRA_SECTION: entries})
+    return nav
+
+
 @event_priority(100)  # before mkdocstrings reads its handler options
 def on_config(config):
     handlers = config.plugins["mkdocstrings"].config.setdefault("handlers", {})
     handlers.setdefault("python", {})["paths"] = [str(_source_tree())]
+    if config["nav"]:
+        config["nav"] = complete_nav(config["nav"], Path(config["docs_dir"]))
     return config

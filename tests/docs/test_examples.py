@@ -102,7 +102,11 @@ def test_examples_run_as_written(page, parse_only, data_root, tmp_path):
             else:
                 shell.run_block(block.code)
         except BaseException as e:
-            raise AssertionError(f"example at {block.where} failed: {type(e).__name__}: {e}") from e
+            raise AssertionError(
+                f"example at {block.where} failed: {type(e).__name__}: {e}\n(every example runs as written with "
+                "FLOWRL_TINY=1, see tests/docs/examples.py; one that cannot run on a CPU-only machine without "
+                "network gets `<!-- skip: reason -->` on the line before its fence)"
+            ) from e
         ran += 1
     assert ran == sum(not b.skip for b in found)
 
@@ -114,7 +118,8 @@ def test_every_page_has_examples_and_every_skip_a_reason():
     skipped = [(b.where, b.skip) for bs in found.values() for b in bs if b.skip]
     assert all(reason and len(reason) > 10 for _, reason in skipped), skipped
     # the skips stay few: a block that can run on one CPU machine runs
-    assert len(skipped) <= 4, skipped
+    per_page = {page: sum(1 for b in bs if b.skip) for page, bs in found.items()}
+    assert all(n <= 2 for n in per_page.values()), per_page
 
 
 def test_the_runner_runs_what_it_is_given(tmp_path):
