@@ -195,7 +195,7 @@ def remove_stale_temps(folder: str | os.PathLike, *, all_but_mine: bool = False)
     A temporary whose process still runs is kept (it may be writing now), unless ``all_but_mine``: the
     caller holds the folder's lock, so no other process can be writing there.
     """
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed

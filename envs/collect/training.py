@@ -128,7 +128,7 @@ def evaluate_model(model, gym_id: str, max_episode_steps: int, episodes: int, se
     return returns
 
 
-def _buffer_arrays(buffer, n: int) -> dict[str, np.ndarray]:
+def _buffer_arrays(buffer, n: int) -> dict[str, Any]:  # Any: np.savez(**arrays) type-checks
     return {k: np.ascontiguousarray(getattr(buffer, k)[:n, 0]) for k in _BUFFER_KEYS}
 
 
