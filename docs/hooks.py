@@ -15,7 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mkdocs.plugins import event_priority
+try:
+    from mkdocs.plugins import event_priority
+except ImportError:  # tests/test_quality.py imports installed_layout where mkdocs may be missing
+
+    def event_priority(priority):
+        return lambda f: f
+
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPACKAGES = {"envs": "envs", "agents": "agents", "scripts": "scripts"}
@@ -54,18 +60,23 @@ def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001
     return markdown
 
 
-def _source_tree() -> Path:
-    """A folder holding ``flowrl/`` laid out as installed: links to the backbone's entries and subpackages."""
-    root = Path(tempfile.mkdtemp(prefix="flowrl-api-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
+def installed_layout(root: Path) -> Path:
+    """``root/flowrl`` laid out as installed: links to the backbone's entries and to envs/, agents/, scripts/."""
     pkg = root / "flowrl"
-    pkg.mkdir()
+    pkg.mkdir(parents=True)
     for entry in (REPO / "flowrl").iterdir():
         if entry.name != "__pycache__":
             (pkg / entry.name).symlink_to(entry)
     for name, folder in SUBPACKAGES.items():
         (pkg / name).symlink_to(REPO / folder)
     return root
+
+
+def _source_tree() -> Path:
+    """A temporary folder holding ``flowrl/`` laid out as installed, removed when the build ends."""
+    root = Path(tempfile.mkdtemp(prefix="flowrl-api-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return installed_layout(root)
 
 
 def _named(nav) -> set[str]:

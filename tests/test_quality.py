@@ -5,6 +5,7 @@ Tool versions are pinned in the ``test`` extra (setup.cfg) and in .pre-commit-co
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -36,15 +37,12 @@ def test_ruff_format_check():
 
 
 def _installed_layout(root: Path) -> Path:
-    """``root/flowrl`` laid out as installed: links to the backbone's entries and to envs/, agents/, scripts/."""
-    pkg = root / "flowrl"
-    pkg.mkdir(parents=True)
-    for entry in (REPO / "flowrl").iterdir():
-        if entry.name != "__pycache__":
-            (pkg / entry.name).symlink_to(entry)
-    for name, folder in INSTALLED.items():
-        (pkg / name).symlink_to(REPO / folder)
-    return root
+    """``root/flowrl`` laid out as installed (the helper the docs build uses for its API reference)."""
+    spec = importlib.util.spec_from_file_location("flowrl_docs_hooks", REPO / "docs" / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    return hooks.installed_layout(root)
 
 
 def test_mypy(tmp_path):
