@@ -2,8 +2,9 @@
 
 One test per page, in a fresh folder that has ``../shared/datasets/`` holding tiny D4RL files named like the
 real ones, and a Minari root holding a small built-in ``hopper-medium``. A renamed function or flag breaks
-the test of the page that uses it. The benchmarks page's commands take minutes even when tiny: the fast
-suite runs its other lines and checks its ``flowrl`` commands against their parsers; ``-m slow`` runs it all.
+the test of the page that uses it. The benchmarks and memory pages hold benchmarks that take minutes even
+when tiny: the fast suite runs their other lines and checks their ``flowrl`` commands against the parsers;
+``-m slow`` runs them all.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .examples import Block, Shell, blocks, run_python
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
 SHARED = ("hopper-medium", "hopper-medium-replay", "halfcheetah-medium", "halfcheetah-medium-replay")
-HEAVY = ("docs/benchmarks.md",)  # run in full only under -m slow; parsed in the fast suite
+HEAVY = ("docs/benchmarks.md", "docs/memory.md")  # run in full only under -m slow; parsed in the fast suite
 
 
 def _page_blocks() -> dict[str, list[Block]]:
