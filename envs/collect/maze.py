@@ -26,6 +26,7 @@ import dataclasses
 import re
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,8 @@ def collect_maze(cfg: MazeCollectConfig, *, progress: bool = True, overwrite: bo
     rng = np.random.default_rng(cfg.seed)
     limit = spec.max_episode_steps
     n_episodes = -(-cfg.steps // limit)
-    episodes, returns = [], []
+    episodes: list[Mapping[str, Any]] = []
+    returns: list[float] = []
     t0 = time.perf_counter()
     try:
         with tqdm(total=n_episodes * limit, desc=f"collect {cfg.task}", unit="step", disable=not progress) as bar:
@@ -179,7 +181,8 @@ def _episode(env, maze, planner: MazePlanner, cfg: MazeCollectConfig, rng, seed:
         xy, vel = obs["achieved_goal"], obs["observation"][2:4]
         if np.linalg.norm(target - xy) <= cfg.reach * scale:
             goal_cell, target = _draw_goal(planner, maze, rng)
-        cell = tuple(int(v) for v in maze.cell_xy_to_rowcol(xy))
+        row, col = (int(v) for v in maze.cell_xy_to_rowcol(xy))
+        cell = (row, col)
         nxt = planner.next_cell(goal_cell, cell)
         waypoint = target if nxt == goal_cell and cell == goal_cell else maze.cell_rowcol_to_xy(np.array(nxt))
         action = cfg.kp * (waypoint - xy) - cfg.kd * vel + cfg.noise * rng.standard_normal(2)
