@@ -20,6 +20,7 @@ if you load the file yourself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -260,7 +261,28 @@ class DTAgent(Agent):
 
     def __init__(self, config: DecisionTransformerConfig, obs_dim: int, act_dim: int, **kw):
         super().__init__(config, obs_dim, act_dim, **kw)
-        self.model = DecisionTransformer(config, self.obs_dim, self.act_dim)
+        self._scale_from_env = config.reward_scale is None
+        self.config = self._with_env_reward_scale(config)
+        self.model = DecisionTransformer(self.config, self.obs_dim, self.act_dim)
+
+    def fit_normalization(self, dataset) -> None:
+        super().fit_normalization(dataset)
+        self.config = self.model.config = self._with_env_reward_scale(self.config)
+
+    def _with_env_reward_scale(self, config: DecisionTransformerConfig) -> DecisionTransformerConfig:
+        """``config`` with an unset reward_scale resolved from the agent's environment (its EnvSpec's value;
+        1e-3 where flowrl has no spec for it or the environment is not known yet)."""
+        if not self._scale_from_env:
+            return config
+        from flowrl.envs.specs import EnvSpec, get_spec
+
+        scale = EnvSpec.reward_scale
+        if self.env_name:
+            try:
+                scale = get_spec(self.env_name).reward_scale
+            except InputError:
+                pass
+        return dataclasses.replace(config, reward_scale=scale)
 
     def make_sampler(self, dataset, seed: int):
         """K-step windows (:class:`flowrl.envs.ContextSampler`), or for memory models sequences from the

@@ -87,8 +87,11 @@ class DecisionTransformerConfig(_OptimFields, JsonConfig):
     """Memory models: "episodes" (whole episodes up to `context` steps, gradient through all of them) or
     "segments" (`context`-step segments, each starting from the exact state of the episode before it,
     computed without gradient)."""
-    reward_scale: float = 1e-3
-    """Returns-to-go are multiplied by this before entering the model."""
+    reward_scale: float | None = None
+    """Returns-to-go are multiplied by this before entering the model; unset: the dataset environment's
+    value (EnvSpec.reward_scale: 1e-3 for MuJoCo locomotion and Adroit, 1e-2 for PointMaze, 1 for AntMaze,
+    Kitchen and the T-maze), 1e-3 for environments flowrl has no spec for. The resolved value is saved with
+    the agent."""
     normalize_states: bool = True
     """Standardise states with the dataset's mean/std."""
 
@@ -106,7 +109,9 @@ class DecisionTransformerConfig(_OptimFields, JsonConfig):
         _require(name, 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         _require(name, self.max_timestep >= 1, f"max_timestep must be >= 1, got {self.max_timestep}")
         _require(
-            name, 0 < self.reward_scale < math.inf, f"reward_scale must be finite and > 0, got {self.reward_scale}"
+            name,
+            self.reward_scale is None or 0 < self.reward_scale < math.inf,
+            f"reward_scale must be finite and > 0, got {self.reward_scale}",
         )
         _require(
             name,

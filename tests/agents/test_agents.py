@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -96,6 +97,26 @@ def test_save_load_identical_actions(kind, tiny_data, tmp_path):
 def test_config_json_round_trip(kind):
     cfg = AGENTS[kind]()
     assert config_from_dict(type(cfg).algo, json.loads(cfg.to_json())) == cfg
+
+
+def test_unset_reward_scale_is_the_environments(tmp_path):
+    """An unset reward_scale takes the dataset environment's EnvSpec value, in the agent, in the model the
+    policy reads, and in what is saved; a given one is kept; environments without a spec get 1e-3."""
+    maze = random_dataset(obs_dim=4, act_dim=2, env="PointMaze_UMaze-v3")
+    small = DecisionTransformerConfig(context=4, dim=16, depth=1, heads=2, warmup_steps=2, batch_size=4)
+    assert small.reward_scale is None
+    built = make_agent(small, 4, 2, seed=0, env_name="pointmaze-umaze")  # environment known when built
+    assert built.config.reward_scale == built.model.config.reward_scale == 1e-2
+    learnt = make_agent(small, 4, 2, seed=0)  # environment learnt from the dataset
+    assert learnt.config.reward_scale == 1e-3
+    learnt.fit_normalization(maze)  # as training starts
+    assert learnt.config.reward_scale == learnt.model.config.reward_scale == 1e-2
+    learnt.save(tmp_path / "agent")
+    assert load_agent(tmp_path / "agent").config.reward_scale == 1e-2
+    given = make_agent(dataclasses.replace(small, reward_scale=0.5), 4, 2, seed=0)
+    given.fit_normalization(maze)
+    assert given.config.reward_scale == 0.5
+    assert make_agent(small, 4, 2, env_name="MyOwnEnv-v0").config.reward_scale == 1e-3
 
 
 def test_resume_is_bit_identical(kind, tiny_data, tmp_path):
