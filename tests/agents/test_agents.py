@@ -204,7 +204,7 @@ def test_policy_step_embedding_equals_the_model():
     t = np.array([0, 1, 5, 9])  # t = 0 (no a_{-1}: its time clamps to 0) and past max_timestep
     got = fused.tokens(a, rtg, s, t)
     T = lambda x, dtype=torch.float64: torch.as_tensor(x, dtype=dtype)  # noqa: E731
-    want = model.embed_step(T(a), T(rtg[:, None] * cfg.reward_scale), model.normalizer(T(s)), T(t, torch.long))
+    want = model.embed_step(T(a), T(rtg[:, None] * model.config.reward_scale), model.normalizer(T(s)), T(t, torch.long))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     h = torch.randn(4, 16, dtype=torch.float64)
     np.testing.assert_allclose(fused.actions(h), model.predict_action(h).detach().float().numpy(), rtol=1e-6)
