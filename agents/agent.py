@@ -320,6 +320,12 @@ class DTAgent(Agent):
         """Masked action MSE of a ContextBatch, or of an EpisodeBatch for memory models (segments continue
         from the state of the episode before them, see :mod:`flowrl.agents.memory`). ``model`` runs the
         forward instead of ``self.model`` (a wrapper of it, e.g. DistributedDataParallel)."""
+        err, mask = self.step_errors(batch, model)
+        return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def step_errors(self, batch, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        """The action MSE of every step of ``batch`` and the mask of the steps that carry loss, both [B, T]:
+        what :meth:`loss` reduces (a seed-batched run reduces them per seed)."""
         model = model or self.model
         states, actions, rtg, timesteps, mask = self.batch_tensors(batch)
         if self.config.memory and self.config.memory_training == "segments":
@@ -332,8 +338,7 @@ class DTAgent(Agent):
             mask = mask.gather(1, steps) * (unclamped == steps)
         else:
             pred = model(states, actions, rtg, timesteps)
-        err = (pred.float() - actions).square().mean(-1)  # (B, K)
-        return (err * mask).sum() / mask.sum().clamp_min(1.0)
+        return (pred.float() - actions).square().mean(-1), mask
 
     def make_policy(self, *, rollout: str | None = None, restart_every: int | None = None):
         """A stateful rollout policy for N environments (:class:`flowrl.agents.DTPolicy`).

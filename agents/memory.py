@@ -22,10 +22,12 @@ from torch import Tensor
 
 from flowrl.ops import FlowState
 
+from .stacking import is_stacked
+
 __all__ = ["prefix_state", "segment_predictions"]
 
 
-def prefix_state(trunk, x: Tensor, lengths: Tensor) -> list[FlowState]:
+def prefix_state(trunk, x: Tensor, lengths: Tensor, *, all_rows: bool = False) -> list[FlowState]:
     """The causal flow trunk's per-block state after the first ``lengths[b]`` tokens of row b of ``x``.
 
     Args:
@@ -38,6 +40,9 @@ def prefix_state(trunk, x: Tensor, lengths: Tensor) -> list[FlowState]:
         ``trunk(x[b:b+1, :lengths[b]], return_state=True)`` returns. Rows are advanced together, the
         shortest leaving first (one trunk call per distinct length), so the cost is that of one forward
         over the prefixes. Gradients flow into the state when grad mode is on.
+        all_rows: advance every row to the longest length instead (a row's state is taken when it reaches
+            its own), for a seed-stacked trunk (:mod:`flowrl.agents.stacking`), whose calls need all S·B
+            rows; up to twice the cost.
     """
     B, L, _ = x.shape
     lengths = torch.as_tensor(lengths, device=x.device).long()
@@ -46,6 +51,8 @@ def prefix_state(trunk, x: Tensor, lengths: Tensor) -> list[FlowState]:
     order = torch.argsort(lengths, stable=True)
     done: list[tuple[Tensor, list[FlowState]]] = []  # (rows, their per-block states)
     active, state, pos = order, None, 0
+    if all_rows:
+        active = torch.arange(B, device=x.device)
     for end in torch.unique(lengths).tolist():
         if end > pos:
             _, state = trunk(x[active, pos:end], state=state, return_state=True, select=slice(0, 0))
@@ -53,9 +60,10 @@ def prefix_state(trunk, x: Tensor, lengths: Tensor) -> list[FlowState]:
         leaving = lengths[active] == end
         if leaving.any():
             done.append((active[leaving], _rows(state, leaving, x, trunk)))
-            keep = ~leaving
-            active = active[keep]
-            state = None if state is None else [s.select(keep) for s in state]
+            if not all_rows:
+                keep = ~leaving
+                active = active[keep]
+                state = None if state is None else [s.select(keep) for s in state]
     rows = torch.cat([r for r, _ in done])
     inverse = torch.empty_like(rows)
     inverse[rows] = torch.arange(B, device=x.device)
@@ -97,7 +105,7 @@ def segment_predictions(model, states, actions, returns_to_go, timesteps, starts
     inner = getattr(model, "module", model)  # a DistributedDataParallel wrapper: the prefix needs no gradient sync
     with torch.set_grad_enabled(carry_grad and torch.is_grad_enabled()):
         x = inner.embed(states, actions, returns_to_go, timesteps)  # (B, 3T, dim)
-        state = prefix_state(inner.trunk, x, 3 * starts)
+        state = prefix_state(inner.trunk, x, 3 * starts, all_rows=is_stacked(inner))
     steps = (starts[:, None] + torch.arange(segment, device=starts.device)).clamp_max(T - 1)  # (B, segment)
 
     def take(v: Tensor) -> Tensor:

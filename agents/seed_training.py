@@ -107,12 +107,23 @@ class _SeedView(Trainer):
 def _dt_losses(agent, model, batches: list) -> torch.Tensor:
     """Per-seed masked action MSE [S] (what ``DTAgent.loss`` computes for each seed's batch)."""
     S = len(batches)
-    merged = type(batches[0])(*(np.concatenate(parts) for parts in zip(*batches)))
-    states, actions, rtg, timesteps, mask = agent.batch_tensors(merged)
-    pred = model(states, actions, rtg, timesteps)
-    err = (pred.float() - actions).square().mean(-1).view(S, -1)  # (S, B·K)
-    mask = mask.view(S, -1)
+    err, mask = agent.step_errors(merge_batches(batches), model)  # (S·B, T)
+    err, mask = err.reshape(S, -1), mask.reshape(S, -1)
     return (err * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def merge_batches(batches: list):
+    """The seeds' batches as one batch (rows seed by seed). Episode batches are as long as their longest
+    sequence, which differs between seeds: shorter ones get more right padding (mask 0), which changes
+    nothing for causal attention."""
+    T = max(b.mask.shape[1] for b in batches)
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        if x.ndim < 2 or x.shape[1] == T:
+            return x
+        return np.pad(x, [(0, 0), (0, T - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+    return type(batches[0])(*(np.concatenate([pad(x) for x in parts]) for parts in zip(*batches)))
 
 
 def _bc_losses(agent, model, batches: list) -> torch.Tensor:

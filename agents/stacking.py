@@ -199,6 +199,11 @@ def stack_models(models: Sequence[nn.Module], generators: list[torch.Generator] 
     return stacked
 
 
+def is_stacked(module: nn.Module) -> bool:
+    """Whether ``module`` is (or holds) a seed-stacked module, whose activations are S·B rows, seed-major."""
+    return any(isinstance(m, _SEED_LEAVES) for m in module.modules())
+
+
 def seed_count(stacked: nn.Module) -> int:
     """S, the number of models in a stacked module."""
     return next(stacked.parameters()).shape[0]

@@ -12,7 +12,7 @@ from flowrl.agents import BCConfig, DecisionTransformerConfig, TrainConfig, fit,
 from flowrl.agents.seed_policy import SeedBCPolicy, SeedDTPolicy, SplitPolicy
 from flowrl.agents.seed_training import fit_seeds, read_seeds_file, seed_dir
 from flowrl.agents.stacking import keep_seeds, load_seed_state_dicts, seed_state_dict, stack_models
-from flowrl.envs import ContextSampler, TransitionSampler, evaluate, evaluate_groups
+from flowrl.envs import ContextSampler, EpisodeSampler, TrajectoryDataset, TransitionSampler, evaluate, evaluate_groups
 from torch import nn
 
 from flowrl.layers import dropout as dropout_module
@@ -24,6 +24,17 @@ CONFIGS = {
     "flow": DT,
     "softmax": DecisionTransformerConfig(**{**DT.to_dict(), "attention": "softmax"}),
     "bc": BCConfig(hidden=16, batch_size=8),
+    # episode memory on 50-step episodes: every seed's batch is 50 steps long, dropout masks included
+    "memory": DecisionTransformerConfig(**{**DT.to_dict(), "memory": True, "context": 50, "max_timestep": 50}),
+    # ... and on episodes of 3 to 40 steps, whose batches are as long as their longest episode: the seeds'
+    # batches are right-padded to the longest, so dropout masks are laid out differently (checked without)
+    "memory-ragged": DecisionTransformerConfig(
+        **{**DT.to_dict(), "memory": True, "context": 40, "max_timestep": 40, "dropout": 0.0}
+    ),
+    "memory-segments-ragged": DecisionTransformerConfig(
+        **{**DT.to_dict(), "memory": True, "memory_training": "segments", "context": 6, "max_timestep": 40}
+        | {"dropout": 0.0}
+    ),
 }
 QUIET = {"eval_episodes": 0, "log_every": 5, "checkpoint_every": 100}
 
@@ -46,7 +57,7 @@ def recorder(monkeypatch):
     """Records every batch a sampler draws (keyed by the seed it was built with) and every dropout mask."""
     batches: dict[int, list] = {}
     masks: list[torch.Tensor] = []
-    for cls in (ContextSampler, TransitionSampler):
+    for cls in (ContextSampler, EpisodeSampler, TransitionSampler):
         init, sample = cls.__init__, cls.sample
 
         def recording_init(self, *a, _init=init, **kw):
@@ -72,10 +83,29 @@ def recorder(monkeypatch):
     return batches, masks
 
 
+def _ragged_data() -> TrajectoryDataset:
+    """Random transitions in episodes of 3 to 40 steps, so that two seeds' episode batches differ in length."""
+    rng = np.random.default_rng(1)
+    ends = np.cumsum(rng.integers(3, 41, size=30)) - 1
+    n = int(ends[-1]) + 1
+    timeouts = np.zeros(n, bool)
+    timeouts[ends] = True
+    return TrajectoryDataset.from_arrays(
+        rng.normal(size=(n, 5)).astype(np.float32),
+        np.tanh(rng.normal(size=(n, 2))).astype(np.float32),
+        rng.normal(size=n).astype(np.float32),
+        np.zeros(n, bool),
+        timeouts,
+        {},
+    )
+
+
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_a_batched_run_of_two_seeds_is_the_two_single_runs(kind, tiny_data, recorder, tmp_path):
     batches, masks = recorder
     cfg, seeds = CONFIGS[kind], (3, 7)
+    if kind.endswith("ragged"):
+        tiny_data = _ragged_data()
     singles, single_masks = [], []
     for seed in seeds:
         agent = make_agent(cfg, tiny_data.obs_dim, tiny_data.act_dim, seed=seed)
@@ -96,7 +126,8 @@ def test_a_batched_run_of_two_seeds_is_the_two_single_runs(kind, tiny_data, reco
             for x, y in zip(a, b):
                 np.testing.assert_array_equal(x, y)
         # the same dropout masks: seed k's rows of every batched mask
-        assert len(masks) == len(single_masks[k]) > 0
+        assert len(masks) == len(single_masks[k])
+        assert len(masks) > 0 or cfg.dropout == 0
         for batched, alone in zip(masks, single_masks[k]):
             rows = batched.shape[0] // len(seeds)
             assert torch.equal(batched[k * rows : (k + 1) * rows], alone)
