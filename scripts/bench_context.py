@@ -40,7 +40,7 @@ import sys
 import time
 
 from flowrl.scripts.argtypes import positive_int
-from flowrl.scripts.benchmarking import machine_text, table
+from flowrl.scripts.benchmarking import machine_text, set_threads, table
 
 from flowrl.errors import InputError, MissingInputError
 
@@ -76,7 +76,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import torch
     from flowrl.agents.trainer import pick_device
 
     if args.bin > min(args.steps):
@@ -86,9 +85,7 @@ def run(args) -> int:
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise MissingInputError(f"--json {args.json}: its folder does not exist; create it first")
     device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    threads = set_threads(args.threads)
     print(
         f"flowrl bench context: dim {args.dim}, {args.layers} layers, {args.heads} heads, batch {args.batch}, "
         f"{'bf16' if args.bf16 else 'fp32'} training on {device}\n{machine_text(threads)}",

@@ -322,9 +322,26 @@ def _component_costs(policy, n: int) -> tuple[float, float, float]:
     return step, p1, pn
 
 
-def _bench_eval(rows, args) -> None:
+def _timed_evaluate(policy, episodes: int, num_envs: int, steps: int, **kwargs):
+    """(seconds, result) of :func:`flowrl.envs.evaluate` on Hopper episodes of at most ``steps`` steps."""
     from flowrl.envs import evaluate
 
+    t0 = time.perf_counter()
+    (res,) = evaluate(
+        policy,
+        "Hopper-v5",
+        episodes=episodes,
+        num_envs=num_envs,
+        seed=0,
+        progress=False,
+        max_episode_steps=steps,
+        env_kwargs=ENV_KWARGS,
+        **kwargs,
+    )
+    return time.perf_counter() - t0, res
+
+
+def _bench_eval(rows, args) -> None:
     E, N = args.episodes, args.num_envs
     for name, make, steps, target in (
         ("MLP 64x64", _MLPPolicy, 1000, "target >= 5x"),
@@ -343,18 +360,7 @@ def _bench_eval(rows, args) -> None:
         t0 = time.perf_counter()
         ret_seq, len_seq = _sequential(make(), E, 0, steps)
         t_seq = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        (res,) = evaluate(
-            make(),
-            "Hopper-v5",
-            episodes=E,
-            num_envs=N,
-            seed=0,
-            progress=False,
-            max_episode_steps=steps,
-            env_kwargs=ENV_KWARGS,
-        )
-        t_vec = time.perf_counter() - t0
+        t_vec, res = _timed_evaluate(make(), E, N, steps)
         rows.append(
             (
                 f"{E} Hopper episodes x {steps} steps, {name}: sequential loop",
@@ -374,19 +380,7 @@ def _bench_eval(rows, args) -> None:
             )
         )
         if args.with_async:
-            t0 = time.perf_counter()
-            evaluate(
-                make(),
-                "Hopper-v5",
-                episodes=E,
-                num_envs=N,
-                seed=0,
-                progress=False,
-                vectorization="async",
-                max_episode_steps=steps,
-                env_kwargs=ENV_KWARGS,
-            )
-            t_async = time.perf_counter() - t0
+            t_async, _ = _timed_evaluate(make(), E, N, steps, vectorization="async")
             rows.append(
                 (
                     f"{E} Hopper episodes x {steps} steps, {name}: evaluate, {N} envs (async)",

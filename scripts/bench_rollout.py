@@ -22,21 +22,22 @@ covers the rollouts only, not model building, imports or the peer's process star
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from flowrl.scripts.argtypes import positive_int, subset_of
+from flowrl.scripts.argtypes import positive_int
 from flowrl.scripts.benchmarking import (
     add_model_arguments,
-    machine_text,
-    model_dict,
+    add_subset_argument,
+    dt_config,
     model_text,
     paired_ratio,
     peer_model_kwargs,
+    print_report,
     require_peer,
+    rotated,
+    set_threads,
     table,
 )
 
@@ -68,12 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="return-to-go to condition on (default: the env's first D4RL target, hopper 3600)",
     )
     p.add_argument("--repeats", type=positive_int, default=1, help="alternating repeats (median reported)")
-    p.add_argument(
-        "--variants",
-        type=subset_of(VARIANTS, "variant"),
-        default=list(VARIANTS),
-        help=f"comma-separated subset of: {', '.join(VARIANTS)}",
-    )
+    add_subset_argument(p, "--variants", VARIANTS, "variant")
     p.add_argument(
         "--full-length",
         action=argparse.BooleanOptionalAction,
@@ -108,14 +104,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from flowrl.envs import get_spec
 
     from flowrl.ops import native
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    threads = set_threads(args.threads)
     spec = get_spec(args.env)
     target = args.target_return
     if target is None:
@@ -133,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
     steps: dict[str, int] = {}
     returns: dict[str, list[float]] = {}
     for r in range(args.repeats):
-        order = args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
-        for v in order:
+        for v in rotated(args.variants, r):
             if v == "d3rlpy":
                 res = _d3rlpy_rollout(spec.gym_id, target, args, threads)
                 sec, lengths, rets = res["seconds"], res["lengths"], res["returns"]
@@ -156,28 +148,22 @@ def run(args: argparse.Namespace) -> int:
         for v in args.variants
     ]
     kernel = native.status()
-    print(f"\n{machine_text(threads)}")
-    print(
+    settings = (
         f"{args.episodes} episodes of {spec.gym_id} (target return {target:g}, "
         f"{'full length' if args.full_length else 'natural termination'}); {model_text(args)}; "
-        f"flowrl: {min(args.num_envs, args.episodes)} envs at once, native decode kernel {kernel}\n"
+        f"flowrl: {min(args.num_envs, args.episodes)} envs at once, native decode kernel {kernel}"
     )
-    print(format_rollout_table(rows))
-    if args.json:
-        out = {
-            "bench": "rollout",
-            "env": spec.gym_id,
-            "episodes": args.episodes,
-            "num_envs": args.num_envs,
-            "target_return": target,
-            "full_length": args.full_length,
-            "model": model_dict(args),
-            "threads": threads,
-            "machine": machine_text(threads),
-            "native_kernel": kernel,
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    record = {
+        "bench": "rollout",
+        "env": spec.gym_id,
+        "episodes": args.episodes,
+        "num_envs": args.num_envs,
+        "target_return": target,
+        "full_length": args.full_length,
+        "native_kernel": kernel,
+        "rows": rows,
+    }
+    print_report(args, threads, settings, format_rollout_table(rows), record)
     return 0
 
 
@@ -220,7 +206,7 @@ def format_rollout_table(rows: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- flowrl side
 def _make_policy(variant: str, spec, args):
-    from flowrl.agents import DecisionTransformerConfig, load_agent, make_agent
+    from flowrl.agents import load_agent, make_agent
     from flowrl.envs import make_env
 
     attention = "softmax" if variant == "softmax" else "flow"
@@ -237,15 +223,7 @@ def _make_policy(variant: str, spec, args):
             obs_dim, act_dim = int(env.observation_space.shape[0]), int(env.action_space.shape[0])
         finally:
             env.close()
-        cfg = DecisionTransformerConfig(
-            context=args.context,
-            dim=args.dim,
-            depth=args.layers,
-            heads=args.heads,
-            batch_size=args.batch,
-            attention=attention,
-        )
-        agent = make_agent(cfg, obs_dim, act_dim, seed=args.seed, env_name=spec.name)
+        agent = make_agent(dt_config(args, attention), obs_dim, act_dim, seed=args.seed, env_name=spec.name)
     every = args.restart_every if variant == "flow-staggered" else None
     return agent.make_policy(rollout=ROLLOUT[variant], restart_every=every)
 

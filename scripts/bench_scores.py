@@ -43,15 +43,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flowrl.scripts.argtypes import positive_int, subset_of
+from flowrl.scripts.argtypes import positive_int
 from flowrl.scripts.benchmarking import (
     add_model_arguments,
+    add_subset_argument,
     d4rl_file,
+    dt_config,
     machine_text,
     model_dict,
     model_text,
     peer_model_kwargs,
     require_peer,
+    set_threads,
 )
 from flowrl.scripts.score_table import (
     ALGOS,
@@ -84,12 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="datasets: paths (D4RL .hdf5, .npz, Minari folder) or names; default: the D4RL datasets "
         f"{', '.join(DEFAULT_DATASETS)} from D4RL's local cache ($D4RL_DATASET_DIR or ~/.d4rl/datasets)",
     )
-    p.add_argument(
-        "--algos",
-        type=subset_of(ALGOS, "algo"),
-        default=list(DEFAULT_ALGOS),
-        help=f"comma-separated subset of: {', '.join(ALGOS)} (default: {','.join(DEFAULT_ALGOS)})",
-    )
+    add_subset_argument(p, "--algos", ALGOS, "algo", default=DEFAULT_ALGOS)
     p.add_argument(
         "--steps", type=positive_int, default=100_000, help="update steps for every algorithm (default %(default)s)"
     )
@@ -147,14 +145,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from flowrl.envs import get_spec, load_dataset
 
     if args.merge:
         return _merge(args.merge, args.json, args.curves)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    threads = set_threads(args.threads)
     datasets = []  # first, so that a bad path fails before minutes of making d3rlpy's environment
     for path in args.datasets:
         ds = load_dataset(path)
@@ -294,7 +289,7 @@ def _bc_config():
 def _flowrl_runs(algo: str, d: dict, seeds: list[int], run_dir: Path, args, warmup: int) -> list[dict]:
     """Train and evaluate every seed of (dataset, algo) as one seed-batched run; one record per seed (and per
     seed of the staggered re-evaluation when asked for)."""
-    from flowrl.agents import DecisionTransformerConfig, TrainConfig
+    from flowrl.agents import TrainConfig
     from flowrl.agents.seed_training import SEEDS_FILE, fit_seeds
     from flowrl.envs import normalized_score
 
@@ -302,15 +297,7 @@ def _flowrl_runs(algo: str, d: dict, seeds: list[int], run_dir: Path, args, warm
     if algo == "bc":
         cfg = _bc_config()
     else:
-        cfg = DecisionTransformerConfig(
-            context=args.context,
-            dim=args.dim,
-            depth=args.layers,
-            heads=args.heads,
-            batch_size=args.batch,
-            warmup_steps=warmup,
-            attention="softmax" if algo == "softmax-dt" else "flow",
-        )
+        cfg = dt_config(args, "softmax" if algo == "softmax-dt" else "flow", warmup_steps=warmup)
     tcfg = TrainConfig(
         steps=args.steps,
         eval_every=args.eval_every,

@@ -14,19 +14,21 @@ Repeats alternate between the variants (the order rotates every repeat) and ever
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
-from flowrl.scripts.argtypes import positive_int, subset_of
+from flowrl.scripts.argtypes import positive_int
 from flowrl.scripts.benchmarking import (
     add_model_arguments,
+    add_subset_argument,
     describe_dataset,
-    machine_text,
-    model_dict,
+    dt_config,
     model_text,
     paired_ratio,
+    print_report,
+    rotated,
+    set_threads,
     table,
 )
 
@@ -57,12 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="dataset path or name (default: %(default)s)",
     )
     p.add_argument("--seeds-list", type=_seed_counts, default=[1, 2, 5, 10], help="seed counts S (default 1,2,5,10)")
-    p.add_argument(
-        "--attention",
-        type=subset_of(ATTENTIONS, "attention"),
-        default=list(ATTENTIONS),
-        help="comma-separated subset of: flow, softmax",
-    )
+    add_subset_argument(p, "--attention", ATTENTIONS, "attention")
     p.add_argument("--steps", type=positive_int, default=20, help="timed steps per variant and repeat")
     p.add_argument("--warmup", type=positive_int, default=3, help="untimed steps before each timed block")
     p.add_argument("--repeats", type=positive_int, default=3, help="alternating repeats (median reported)")
@@ -74,14 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from flowrl.envs import load_dataset
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     if tiny.enabled():  # FLOWRL_TINY=1: the two smallest seed counts (flowrl.tiny)
         args.seeds_list = args.seeds_list[:2]
-    threads = torch.get_num_threads()
     ds = load_dataset(args.dataset)
     print(
         f"flowrl bench seeds: {describe_dataset(args.dataset, ds)}; {model_text(args)}; S in {args.seeds_list}; "
@@ -95,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         names = list(variants)
         rates: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.repeats):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
+            for name in rotated(names, r):
                 step, seeds = variants[name]
                 _time(step, args.warmup)
                 rates[name].append(seeds * args.steps / _time(step, args.steps))
@@ -117,29 +111,21 @@ def run(args: argparse.Namespace) -> int:
             for name in names
         ]
         results += rows
-    print(f"\n{machine_text(threads)}")
-    print(
+    settings = (
         f"dataset {describe_dataset(args.dataset, ds)}; {model_text(args)}; {args.steps} steps x {args.repeats} "
-        f"repeats{'; bf16 autocast' if args.bf16 else ''}; device {args.device}\n"
+        f"repeats{'; bf16 autocast' if args.bf16 else ''}; device {args.device}"
     )
-    print(format_seeds_table(results))
-    if args.json:
-        out = {
-            "bench": "seeds",
-            "dataset": str(args.dataset),
-            "model": model_dict(args),
-            "steps": args.steps,
-            "warmup": args.warmup,
-            "repeats": args.repeats,
-            "bf16": args.bf16,
-            "device": args.device,
-            "threads": threads,
-            "machine": machine_text(threads),
-            "rows": results,
-        }
-        from flowrl import atomic
-
-        atomic.write_text(args.json, json.dumps(out, indent=2) + "\n")
+    record = {
+        "bench": "seeds",
+        "dataset": str(args.dataset),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "bf16": args.bf16,
+        "device": args.device,
+        "rows": results,
+    }
+    print_report(args, threads, settings, format_seeds_table(results), record)
     return 0
 
 
@@ -164,17 +150,9 @@ def format_seeds_table(rows: list[dict]) -> str:
 
 
 def _config(attention: str, args):
-    from flowrl.agents import DecisionTransformerConfig, TrainConfig
+    from flowrl.agents import TrainConfig
 
-    cfg = DecisionTransformerConfig(
-        context=args.context,
-        dim=args.dim,
-        depth=args.layers,
-        heads=args.heads,
-        batch_size=args.batch,
-        attention=attention,
-    )
-    return cfg, TrainConfig(steps=10**9, eval_episodes=0, device=args.device, bf16=args.bf16)
+    return dt_config(args, attention), TrainConfig(steps=10**9, eval_episodes=0, device=args.device, bf16=args.bf16)
 
 
 def _single(attention: str, ds, args):

@@ -21,23 +21,25 @@ seconds, so a block timed straight after the peer's run would be measured cold.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from flowrl.scripts.argtypes import positive_int, subset_of
+from flowrl.scripts.argtypes import positive_int
 from flowrl.scripts.benchmarking import (
     add_model_arguments,
+    add_subset_argument,
     d4rl_file,
     describe_dataset,
-    machine_text,
-    model_dict,
+    dt_config,
     model_text,
     paired_ratio,
     peer_model_kwargs,
+    print_report,
     require_peer,
+    rotated,
+    set_threads,
     table,
 )
 
@@ -64,12 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--warmup", type=positive_int, default=10, help="untimed update steps before each timed block (both sides)"
     )
     p.add_argument("--repeats", type=positive_int, default=3, help="alternating repeats (median reported)")
-    p.add_argument(
-        "--variants",
-        type=subset_of(VARIANTS, "variant"),
-        default=list(VARIANTS),
-        help=f"comma-separated subset of: {', '.join(VARIANTS)}",
-    )
+    add_subset_argument(p, "--variants", VARIANTS, "variant")
     add_model_arguments(p)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for every variant (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -79,15 +76,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from flowrl.agents import pick_device
     from flowrl.envs import load_dataset
 
     device = pick_device(args.device)  # a bad or missing device: one line, exit 2, before any work
     args.peer_device = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu:0"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    threads = set_threads(args.threads)
     ds = load_dataset(args.dataset)
     args.variants = require_peer(args.variants)
     if not args.variants:
@@ -105,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
     peer_runs: list[dict] = []
     with d4rl_file(args.dataset, ds) as hdf5:
         for r in range(args.repeats):
-            order = args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
-            for v in order:
+            for v in rotated(args.variants, r):
                 if v == "d3rlpy":
                     res = _d3rlpy_train(hdf5, args, threads)
                     peer_runs.append(res)
@@ -129,26 +122,19 @@ def run(args: argparse.Namespace) -> int:
         }
         for v in args.variants
     ]
-    print(f"\n{machine_text(threads)}")
-    print(
-        f"dataset {describe_dataset(args.dataset, ds)}; {model_text(args)}; {args.steps} steps x {args.repeats} "
-        f"repeats\n"
+    settings = (
+        f"dataset {describe_dataset(args.dataset, ds)}; {model_text(args)}; {args.steps} steps x {args.repeats} repeats"
     )
-    print(format_train_table(rows))
-    if args.json:
-        out = {
-            "bench": "train",
-            "dataset": str(args.dataset),
-            "model": model_dict(args),
-            "steps": args.steps,
-            "warmup": args.warmup,
-            "repeats": args.repeats,
-            "threads": threads,
-            "machine": machine_text(threads),
-            "rows": rows,
-            "d3rlpy_runs": peer_runs,
-        }
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    record = {
+        "bench": "train",
+        "dataset": str(args.dataset),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "rows": rows,
+        "d3rlpy_runs": peer_runs,
+    }
+    print_report(args, threads, settings, format_train_table(rows), record)
     return 0
 
 
@@ -169,16 +155,9 @@ def format_train_table(rows: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- flowrl side
 def _make_trainer(variant: str, ds, args):
-    from flowrl.agents import DecisionTransformerConfig, TrainConfig, Trainer, make_agent, pick_device
+    from flowrl.agents import TrainConfig, Trainer, make_agent, pick_device
 
-    cfg = DecisionTransformerConfig(
-        context=args.context,
-        dim=args.dim,
-        depth=args.layers,
-        heads=args.heads,
-        batch_size=args.batch,
-        attention="softmax" if variant == "softmax" else "flow",
-    )
+    cfg = dt_config(args, "softmax" if variant == "softmax" else "flow")
     tcfg = TrainConfig(steps=10**9, eval_episodes=0, device=args.device, bf16=variant == "flow-bf16", seed=args.seed)
     agent = make_agent(cfg, ds.obs_dim, ds.act_dim, seed=args.seed).to(pick_device(args.device))
     agent.fit_normalization(ds)

@@ -1,5 +1,6 @@
-"""What the ``flowrl bench`` commands share: the DT size arguments, the machine line printed beside every
-table, paired ratios, d3rlpy's availability and a D4RL file to hand it.
+"""What the ``flowrl bench`` commands share: the DT size arguments and the config they make, the variant
+subset option, the thread count, the rotating order of repeats, the machine line printed beside every table,
+paired ratios, d3rlpy's availability and a D4RL file to hand it.
 
 A library module: bench commands (``bench_<name>.py``) import from here, never from one another.
 """
@@ -7,27 +8,34 @@ A library module: bench commands (``bench_<name>.py``) import from here, never f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
-from flowrl.scripts.argtypes import positive_int
+from flowrl.scripts.argtypes import positive_int, subset_of
 from flowrl.scripts.report import table
 
 from flowrl import tiny
 
 __all__ = [
     "add_model_arguments",
+    "dt_config",
+    "add_subset_argument",
+    "set_threads",
+    "rotated",
     "peer_model_kwargs",
     "model_dict",
     "model_text",
     "cpu_model",
     "machine_text",
+    "print_report",
     "paired_ratio",
     "require_peer",
     "d4rl_file",
@@ -43,6 +51,54 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=positive_int, default=3, help="transformer blocks")
     p.add_argument("--heads", type=positive_int, default=1, help="attention heads")
     p.add_argument("--batch", type=positive_int, default=64, help="sequences per update")
+
+
+def dt_config(args: argparse.Namespace, attention: str, **fields: Any) -> Any:
+    """flowrl's ``DecisionTransformerConfig`` at the size of :func:`add_model_arguments`' flags; ``fields`` set
+    the rest (e.g. ``warmup_steps``)."""
+    from flowrl.agents import DecisionTransformerConfig
+
+    size = {
+        "context": args.context,
+        "dim": args.dim,
+        "depth": args.layers,
+        "heads": args.heads,
+        "batch_size": args.batch,
+    }
+    return DecisionTransformerConfig(**size, attention=attention, **fields)
+
+
+def add_subset_argument(
+    p: argparse.ArgumentParser, flag: str, choices: Sequence[str], what: str, default: Sequence[str] | None = None
+) -> None:
+    """``flag``: a comma-separated subset of ``choices`` (``what`` names one in errors); default: all of them,
+    or ``default`` (then named in the help)."""
+    note = "" if default is None else f" (default: {','.join(default)})"
+    p.add_argument(
+        flag,
+        type=subset_of(choices, what),
+        default=list(choices if default is None else default),
+        help=f"comma-separated subset of: {', '.join(choices)}{note}",
+    )
+
+
+def set_threads(requested: int) -> int:
+    """Set torch's CPU thread count to ``requested`` (0: keep torch's default); returns the count in use."""
+    import torch
+
+    if requested:
+        torch.set_num_threads(requested)
+    return torch.get_num_threads()
+
+
+_T = TypeVar("_T")
+
+
+def rotated(variants: Sequence[_T], repeat: int) -> list[_T]:
+    """The order of the variants in repeat ``repeat``: rotated by one place per repeat, so that load from other
+    processes falls on all of them alike."""
+    k = repeat % len(variants)
+    return [*variants[k:], *variants[:k]]
 
 
 def peer_model_kwargs(args: argparse.Namespace) -> dict[str, int]:
@@ -79,6 +135,22 @@ def machine_text(threads: int) -> str:
         f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads, "
         f"python {platform.python_version()}{load}"
     )
+
+
+def print_report(
+    args: argparse.Namespace, threads: int, settings: str, table_text: str, record: dict[str, Any]
+) -> None:
+    """Print the machine line, the run's ``settings`` and its table; with ``--json``, also write ``record``
+    there (atomically) with the model size, the thread count and the machine line."""
+    from flowrl import atomic
+
+    machine = machine_text(threads)
+    print(f"\n{machine}")
+    print(f"{settings}\n")
+    print(table_text)
+    if args.json:
+        out = {**record, "model": model_dict(args), "threads": threads, "machine": machine}
+        atomic.write_text(args.json, json.dumps(out, indent=2) + "\n")
 
 
 def paired_ratio(numerators: list[float], denominators: list[float]) -> float:

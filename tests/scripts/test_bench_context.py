@@ -3,7 +3,6 @@ targets computed from the measurements, and bad options refused before anything 
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -11,26 +10,15 @@ import torch
 from flowrl.scripts import bench_context
 from flowrl.scripts.cli import main
 
+from .conftest import parse
+
 TINY = ["--dim", "16", "--layers", "1", "--heads", "1", "--batch", "2", "--threads", "1"]
 TINY += ["--repeats", "2", "--warmup", "1", "--envs", "2"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    bench_context.add_arguments(p)
-    return p.parse_args(argv)
-
-
 def test_tiny_run_prints_both_tables_and_writes_json(tmp_path, capsys):
     out = tmp_path / "context.json"
-    args = _parse([*TINY, "--contexts", "4", "8", "--steps", "6", "12", "--bin", "3", "--window", "4"])
+    args = parse(bench_context, [*TINY, "--contexts", "4", "8", "--steps", "6", "12", "--bin", "3", "--window", "4"])
     args.json, args.no_memory = str(out), True
     assert bench_context.run(args) == 0
     text = capsys.readouterr().out
@@ -45,7 +33,7 @@ def test_tiny_run_prints_both_tables_and_writes_json(tmp_path, capsys):
 
 
 def test_peak_memory_worker_measures_one_update():
-    args = _parse([*TINY])
+    args = parse(bench_context, [*TINY])
     mib = bench_context._peak_memory(args, 8, "flow", torch.device("cpu"))
     assert mib is not None and 0 <= mib < 512
 

@@ -6,35 +6,18 @@ environment; the real peer is exercised by the slow tests in test_peers.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from flowrl.envs import normalized_score
 from flowrl.scripts import bench_scores
 from flowrl.scripts.peers import PeerEnvError, PeerRunError
 
-from .conftest import tiny_hopper_dataset
+from .conftest import TINY, parse, tiny_hopper_dataset
 
-# one torch thread: tiny ops are dominated by thread hand-offs, which a loaded test machine makes slow
-TINY = ["--context", "4", "--dim", "16", "--layers", "1", "--heads", "1", "--batch", "4", "--threads", "1"]
 PEER_RETURNS = [100.0, 300.0]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    bench_scores.add_arguments(p)
-    return p.parse_args(argv)
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +55,14 @@ def fake_peer(monkeypatch):
 
 
 def test_defaults_are_d4rl_names_and_the_dt_preset():
-    args = _parse([])
+    args = parse(bench_scores, [])
     # names that resolve through D4RL's cache, never a path relative to where the package happens to live
     assert args.datasets == ["hopper-medium-v2", "hopper-medium-replay-v2", "halfcheetah-medium-v2"]
     assert args.algos == ["flow-dt", "softmax-dt", "bc", "d3rlpy"]
     assert (args.context, args.dim, args.layers, args.heads, args.batch) == (20, 128, 3, 1, 64)
-    assert _parse(["--algos", "bc,flow-dt,bc"]).algos == ["bc", "flow-dt"]
+    assert parse(bench_scores, ["--algos", "bc,flow-dt,bc"]).algos == ["bc", "flow-dt"]
     with pytest.raises(SystemExit):
-        _parse(["--algos", "flow-dt,cql"])
+        parse(bench_scores, ["--algos", "flow-dt,cql"])
 
 
 def test_warmup_is_the_recipes_10k_capped_at_a_tenth_of_the_budget():
@@ -162,7 +145,7 @@ def test_merge_prints_one_table_from_separate_runs(tmp_path, capsys):
         (tmp_path / name).write_text(json.dumps(res))
     paths = [str(tmp_path / n) for n in files]
     out = tmp_path / "merged.json"
-    assert bench_scores.run(_parse(["--merge", *paths, "--json", str(out)])) == 0
+    assert bench_scores.run(parse(bench_scores, ["--merge", *paths, "--json", str(out)])) == 0
     text = capsys.readouterr().out
     row_a = next(line for line in text.splitlines() if line.startswith("| a "))
     assert "20.0 ± 10.0 (2 seeds)" in row_a and "60.0 ± 10.0 (2 seeds)" in row_a and "5.0 ± 0.0 (1 seed)" in row_a
@@ -174,24 +157,24 @@ def test_merge_prints_one_table_from_separate_runs(tmp_path, capsys):
 
     (tmp_path / "other.json").write_text(json.dumps(_result(["bc"], [_run("bc", 3, 1.0)], steps=1000)))
     with pytest.raises(ValueError, match=r"steps differs between .*fl.json \(2000\) and .*other.json \(1000\)"):
-        bench_scores.run(_parse(["--merge", paths[0], str(tmp_path / "other.json")]))
+        bench_scores.run(parse(bench_scores, ["--merge", paths[0], str(tmp_path / "other.json")]))
     (tmp_path / "fp32.json").write_text(json.dumps(_result(["bc"], [_run("bc", 3, 1.0)])))
     with pytest.raises(ValueError, match=r"flowrl ran in bf16 in .*fl.json but in fp32 in .*fp32.json"):
-        bench_scores.run(_parse(["--merge", paths[0], str(tmp_path / "fp32.json"), paths[2]]))
+        bench_scores.run(parse(bench_scores, ["--merge", paths[0], str(tmp_path / "fp32.json"), paths[2]]))
     with pytest.raises(ValueError, match="a flow-dt seed 0 is in both"):
-        bench_scores.run(_parse(["--merge", paths[0], paths[0]]))
+        bench_scores.run(parse(bench_scores, ["--merge", paths[0], paths[0]]))
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="is not a `flowrl bench scores --json` file"):
-        bench_scores.run(_parse(["--merge", str(tmp_path / "x.json")]))
+        bench_scores.run(parse(bench_scores, ["--merge", str(tmp_path / "x.json")]))
     with pytest.raises(ValueError, match="cannot read"):
-        bench_scores.run(_parse(["--merge", str(tmp_path / "missing.json")]))
+        bench_scores.run(parse(bench_scores, ["--merge", str(tmp_path / "missing.json")]))
 
 
 def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, tiny_npz, fake_peer, capsys):
     out, runs_root = tmp_path / "scores.json", tmp_path / "runs"
     argv = ["--datasets", str(tiny_npz), "--steps", "3", "--seeds", "2", "--eval-episodes", "1", "--num-envs", "1"]
     algos = ["--algos", ",".join(bench_scores.ALGOS)]
-    args = _parse([*argv, *algos, "--out", str(runs_root), "--json", str(out), *TINY])
+    args = parse(bench_scores, [*argv, *algos, "--out", str(runs_root), "--json", str(out), *TINY])
     assert bench_scores.run(args) == 0
     captured = capsys.readouterr()
     # flowrl trains both seeds of an algo as one batched run, d3rlpy one process per seed
@@ -233,7 +216,7 @@ def test_every_algo_trains_on_every_dataset_and_seed_with_one_budget(tmp_path, t
         assert runs[(algo, 1)]["seeds_batched"] == 2
         assert runs[(algo, 1)]["curve"]["eval_step"] == [3] and len(runs[(algo, 1)]["curve"]["eval_score"]) == 1
     with pytest.raises(ValueError, match="add flow-dt"):
-        bench_scores.run(_parse([*argv, "--algos", "flow-dt-staggered,bc", *TINY]))
+        bench_scores.run(parse(bench_scores, [*argv, "--algos", "flow-dt-staggered,bc", *TINY]))
 
     # flowrl's DTs: the same size, warmup steps//10, in run folders under --out
     for algo, attention in (("flow-dt", "flow"), ("softmax-dt", "softmax")):
@@ -265,14 +248,16 @@ def test_a_failed_d3rlpy_run_is_recorded_and_the_others_still_count(tmp_path, ti
     monkeypatch.setattr("flowrl.scripts.peers.run_d3rlpy", failing)
     out = tmp_path / "scores.json"
     argv = ["--datasets", str(tiny_npz), "--algos", "bc,d3rlpy", "--steps", "2", "--seeds", "1"]
-    args = _parse([*argv, "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY])
+    args = parse(bench_scores, [*argv, "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY])
     assert bench_scores.run(args) == 0
     result = json.loads(out.read_text())
     failed = next(r for r in result["runs"] if r["algo"] == "d3rlpy")
     assert failed["error"].startswith("d3rlpy scores failed") and "normalized" not in failed
     assert list(result["table"]["tiny-hopper"]) == ["bc"]
     # --first-seed: more seeds for a finished run, or seeds split across processes
-    args = _parse([*argv, "--first-seed", "5", "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY])
+    args = parse(
+        bench_scores, [*argv, "--first-seed", "5", "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY]
+    )
     assert bench_scores.run(args) == 0
     result = json.loads(out.read_text())
     assert result["seeds"] == [5] and {r["seed"] for r in result["runs"]} == {5}
@@ -286,7 +271,7 @@ def test_d3rlpy_is_dropped_with_a_warning_without_its_environment(tmp_path, tiny
     monkeypatch.setattr("flowrl.scripts.peers.run_d3rlpy", lambda *a, **k: pytest.fail("d3rlpy must not run"))
     out = tmp_path / "scores.json"
     argv = ["--datasets", str(tiny_npz), "--algos", "bc,d3rlpy", "--steps", "2", "--seeds", "1"]
-    args = _parse([*argv, "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY])
+    args = parse(bench_scores, [*argv, "--eval-episodes", "1", "--num-envs", "1", "--json", str(out), *TINY])
     assert bench_scores.run(args) == 0
     assert "warning: d3rlpy is unavailable" in capsys.readouterr().err
     result = json.loads(out.read_text())
@@ -296,12 +281,12 @@ def test_d3rlpy_is_dropped_with_a_warning_without_its_environment(tmp_path, tiny
 def test_d3rlpy_gets_the_same_warmup_once_its_runner_takes_one(tmp_path, tiny_npz, fake_peer, monkeypatch, capsys):
     monkeypatch.setattr(bench_scores, "peer_takes_warmup", lambda: True)
     argv = ["--datasets", str(tiny_npz), "--algos", "d3rlpy", "--steps", "40", "--seeds", "1"]
-    assert bench_scores.run(_parse([*argv, "--eval-episodes", "1", *TINY])) == 0
+    assert bench_scores.run(parse(bench_scores, [*argv, "--eval-episodes", "1", *TINY])) == 0
     assert fake_peer[0][1]["warmup_steps"] == 4
     # a runner without the option keeps d3rlpy's fixed 10k warmup, and the run says so
     monkeypatch.setattr(bench_scores, "peer_takes_warmup", lambda: False)
     out = tmp_path / "old.json"
-    assert bench_scores.run(_parse([*argv, "--eval-episodes", "1", "--json", str(out), *TINY])) == 0
+    assert bench_scores.run(parse(bench_scores, [*argv, "--eval-episodes", "1", "--json", str(out), *TINY])) == 0
     assert "warmup_steps" not in fake_peer[1][1]
     assert json.loads(out.read_text())["warmup_steps"]["d3rlpy"] == 10_000
     assert "d3rlpy keeps its 10000-step warmup" in capsys.readouterr().err

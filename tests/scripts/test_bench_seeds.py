@@ -7,19 +7,9 @@ import argparse
 import json
 
 import pytest
-import torch
 from flowrl.scripts import bench_seeds
 
-from .conftest import tiny_hopper_dataset
-
-TINY = ["--context", "4", "--dim", "16", "--layers", "1", "--heads", "1", "--batch", "4", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+from .conftest import TINY, parse, tiny_hopper_dataset
 
 
 def test_seed_counts_are_parsed_sorted_and_checked():
@@ -33,11 +23,9 @@ def test_every_variant_every_repeat_and_ratios_to_one_run_at_a_time(tmp_path, ca
     from flowrl.envs import write_d4rl_hdf5
 
     data = write_d4rl_hdf5(tmp_path / "tiny.hdf5", tiny_hopper_dataset(), compression=None)
-    p = argparse.ArgumentParser()
-    bench_seeds.add_arguments(p)
     out = tmp_path / "seeds.json"
     argv = ["--dataset", str(data), "--seeds-list", "1,3", "--attention", "flow"]
-    args = p.parse_args([*argv, "--steps", "2", "--warmup", "1", "--repeats", "2", "--json", str(out), *TINY])
+    args = parse(bench_seeds, [*argv, "--steps", "2", "--warmup", "1", "--repeats", "2", "--json", str(out), *TINY])
     assert bench_seeds.run(args) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["variant"], r["seeds"]) for r in rows] == [("separate", 1), ("S=1", 1), ("S=3", 3)]

@@ -6,33 +6,15 @@ real peer is exercised by the slow tests in test_peers.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
-import torch
 from flowrl.scripts import bench_rollout, bench_train, benchmarking
 from flowrl.scripts.peers import PeerEnvError
 from flowrl.scripts.peers.run import build_runner_command
 
-from .conftest import tiny_hopper_dataset
-
-# one torch thread: tiny ops are dominated by thread hand-offs, which a loaded test machine makes slow
-TINY = ["--context", "4", "--dim", "16", "--layers", "1", "--heads", "1", "--batch", "4", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def _parse(mod, argv):
-    p = argparse.ArgumentParser()
-    mod.add_arguments(p)
-    return p.parse_args(argv)
+from .conftest import TINY, parse, tiny_hopper_dataset
 
 
 def _tiny_dataset(path):
@@ -66,13 +48,20 @@ def fake_peer(monkeypatch):
 
 def test_defaults_are_the_fixed_comparison_size():
     for mod in (bench_train, bench_rollout):
-        args = _parse(mod, [])
+        args = parse(mod, [])
         assert (args.context, args.dim, args.layers, args.heads, args.batch) == (20, 128, 3, 1, 64)
         assert args.variants == list(mod.VARIANTS) and "d3rlpy" in args.variants
-    assert _parse(bench_rollout, []).episodes == 10 and _parse(bench_rollout, []).full_length
+    assert parse(bench_rollout, []).episodes == 10 and parse(bench_rollout, []).full_length
     with pytest.raises(SystemExit):
-        _parse(bench_train, ["--variants", "flow,jax"])
-    assert _parse(bench_train, ["--variants", "d3rlpy,flow,d3rlpy"]).variants == ["d3rlpy", "flow"]
+        parse(bench_train, ["--variants", "flow,jax"])
+    assert parse(bench_train, ["--variants", "d3rlpy,flow,d3rlpy"]).variants == ["d3rlpy", "flow"]
+
+
+def test_repeats_rotate_the_order_of_the_variants():
+    variants = ["flow", "softmax", "d3rlpy"]
+    orders = [benchmarking.rotated(variants, r) for r in range(4)]
+    assert orders[:3] == [variants, ["softmax", "d3rlpy", "flow"], ["d3rlpy", "flow", "softmax"]]
+    assert orders[3] == variants  # every variant runs first once in every len(variants) repeats
 
 
 def test_train_table_ratios_are_against_d3rlpy():
@@ -117,7 +106,7 @@ def test_bench_train_runs_every_variant_on_the_same_file(tmp_path, fake_peer, ca
     blocks = []  # (steps) of every block of updates flowrl ran: a warm-up before each timed block
     timed = bench_train._time_updates
     monkeypatch.setattr(bench_train, "_time_updates", lambda tr, n: (blocks.append(n), timed(tr, n))[1])
-    args = _parse(
+    args = parse(
         bench_train,
         [
             "--dataset",
@@ -188,7 +177,7 @@ def test_bench_rollout_runs_flowrl_vectorized_and_the_peer(tmp_path, fake_peer, 
     monkeypatch.setenv("FLOWRL_NATIVE", "0")  # the table and the JSON must report the kernel setting in force
     out = tmp_path / "rollout.json"
     argv = ["--episodes", "3", "--num-envs", "2", "--max-episode-steps", "30", "--json", str(out), *TINY]
-    assert bench_rollout.run(_parse(bench_rollout, argv)) == 0
+    assert bench_rollout.run(parse(bench_rollout, argv)) == 0
     table = capsys.readouterr().out
     assert "speed-up vs d3rlpy" in table and "flowrl flow-DT (staggered)" in table
     ((sub, kw),) = fake_peer
@@ -209,7 +198,7 @@ def test_bench_rollout_workers_split_the_episodes(tmp_path, capsys):
     out = tmp_path / "rollout.json"
     argv = ["--episodes", "3", "--num-envs", "2", "--max-episode-steps", "20", "--workers", "2", "--json", str(out)]
     argv += ["--variants", "flow-episode", *TINY]
-    assert bench_rollout.run(_parse(bench_rollout, argv)) == 0
+    assert bench_rollout.run(parse(bench_rollout, argv)) == 0
     assert "flowrl flow-DT (episode, 2 workers)" in capsys.readouterr().out
     (row,) = json.loads(out.read_text())["rows"]
     assert row["env_steps"] == 60 and len(row["returns"]) == 3
