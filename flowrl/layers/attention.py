@@ -59,6 +59,32 @@ class _MultiHead(nn.Module):
         B, H, L, Dh = y.shape
         return self.dropout(self.out_projection(y.transpose(1, 2).reshape(B, L, H * Dh)))
 
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        padding_mask: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+        state: FlowState | KVCache | None = None,
+        return_state: bool = False,
+        select: slice | Tensor | None = None,
+    ):
+        """x [B, L, dim]; context [B, S, dim] for cross-attention (default: x). Masks are bool, True = pad.
+
+        ``state`` (causal only) continues earlier calls: a :class:`~flowrl.ops.FlowState` for flow, a
+        :class:`KVCache` for softmax; ``return_state`` also returns the state after the last token.
+        ``select`` (slice or 1-d index tensor over L) returns only those query positions (see ``Block``).
+        """
+        q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
+        y, new_state = self._attend(q, k, v, kpm, padding_mask, state, return_state)
+        y = self._merge(y, select)
+        return (y, new_state) if return_state else y
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, kpm, padding_mask, state, return_state: bool):
+        """(y [B, H, L, dim/H], the new state or None) from the projected q, k, v and the key padding mask."""
+        raise NotImplementedError
+
     def _project(self, x: Tensor, context: Tensor | None, padding_mask, context_padding_mask, state):
         """Validate, then q from x and k, v from the context (x itself for self-attention), all (B, H, ·, dim/H).
 
@@ -120,22 +146,7 @@ class FlowAttention(_MultiHead):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
         self.clamp, self.eps, self.chunk = clamp, eps, chunk
 
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor | None = None,
-        *,
-        padding_mask: Tensor | None = None,
-        context_padding_mask: Tensor | None = None,
-        state: FlowState | None = None,
-        return_state: bool = False,
-        select: slice | Tensor | None = None,
-    ):
-        """x [B, L, dim]; context [B, S, dim] for cross-attention (default: x). Masks are bool, True = pad.
-
-        ``select`` (slice or 1-d index tensor over L) returns only those query positions (see ``Block``).
-        """
-        q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
+    def _attend(self, q, k, v, kpm, padding_mask, state: FlowState | None, return_state: bool):
         if self.causal:
             out = flow_attention(
                 q,
@@ -157,8 +168,7 @@ class FlowAttention(_MultiHead):
                 ),
             )
             new_state = None
-        y = self._merge(y, select)
-        return (y, new_state) if return_state else y
+        return y, new_state
 
 
 class SoftmaxAttention(_MultiHead):
@@ -167,25 +177,14 @@ class SoftmaxAttention(_MultiHead):
     def __init__(self, dim: int, heads: int, *, causal: bool = False, dropout: float = 0.0, bias: bool = True):
         super().__init__(dim, heads, causal=causal, dropout=dropout, bias=bias)
 
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor | None = None,
-        *,
-        padding_mask: Tensor | None = None,
-        context_padding_mask: Tensor | None = None,
-        state: KVCache | None = None,
-        return_state: bool = False,
-        select: slice | Tensor | None = None,
-    ):
-        q, k, v, kpm = self._project(x, context, padding_mask, context_padding_mask, state)
+    def _attend(self, q, k, v, kpm, padding_mask, state: KVCache | None, return_state: bool):
         new_state = None
         if self.causal:
             if state is not None:
-                if state.k.shape[0] != x.shape[0] or state.k.shape[1] != self.heads:
+                if state.k.shape[0] != q.shape[0] or state.k.shape[1] != self.heads:
                     raise ValueError(
                         f"SoftmaxAttention: state has shape {tuple(state.k.shape)}, expected "
-                        f"[{x.shape[0]}, {self.heads}, T, {self.dim // self.heads}]"
+                        f"[{q.shape[0]}, {self.heads}, T, {self.dim // self.heads}]"
                     )
                 k = torch.cat([state.k.to(k.dtype), k], dim=2)
                 v = torch.cat([state.v.to(v.dtype), v], dim=2)
@@ -202,5 +201,4 @@ class SoftmaxAttention(_MultiHead):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
             if padding_mask is not None:
                 y = y * (~padding_mask)[:, None, :, None].to(y.dtype)
-        y = self._merge(y, select)
-        return (y, new_state) if return_state else y
+        return y, new_state
