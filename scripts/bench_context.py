@@ -40,7 +40,7 @@ import sys
 import time
 
 from flowrl.scripts.argtypes import positive_int
-from flowrl.scripts.benchmarking import machine_text, set_threads, table
+from flowrl.scripts.benchmarking import add_network_arguments, machine_text, set_threads, table
 
 from flowrl.errors import InputError, MissingInputError
 
@@ -53,9 +53,7 @@ ATTENTIONS = ("flow", "softmax")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contexts", type=positive_int, nargs="+", default=[20, 100, 250, 1000], help="K (steps)")
     p.add_argument("--batch", type=positive_int, default=8, help="windows per update, the same for every K")
-    p.add_argument("--dim", type=positive_int, default=128, help="embedding width")
-    p.add_argument("--layers", type=positive_int, default=3, help="transformer blocks")
-    p.add_argument("--heads", type=positive_int, default=1, help="attention heads")
+    add_network_arguments(p)
     p.add_argument("--repeats", type=positive_int, default=5, help="timed updates per case (median)")
     p.add_argument("--warmup", type=positive_int, default=2, help="untimed updates per case first")
     p.add_argument("--envs", type=positive_int, default=10, help="environments per policy.act call")

@@ -26,6 +26,7 @@ from flowrl import tiny
 
 __all__ = [
     "add_model_arguments",
+    "add_network_arguments",
     "dt_config",
     "add_subset_argument",
     "set_threads",
@@ -47,10 +48,15 @@ __all__ = [
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--context --dim --layers --heads --batch``: the DT's size, the same on flowrl's and d3rlpy's side."""
     p.add_argument("--context", type=positive_int, default=20, help="context length K (timesteps)")
+    add_network_arguments(p)
+    p.add_argument("--batch", type=positive_int, default=64, help="sequences per update")
+
+
+def add_network_arguments(p: argparse.ArgumentParser) -> None:
+    """``--dim --layers --heads``: the network's shape (the DT's size apart from its context and batch)."""
     p.add_argument("--dim", type=positive_int, default=128, help="embedding width")
     p.add_argument("--layers", type=positive_int, default=3, help="transformer blocks")
     p.add_argument("--heads", type=positive_int, default=1, help="attention heads")
-    p.add_argument("--batch", type=positive_int, default=64, help="sequences per update")
 
 
 def dt_config(args: argparse.Namespace, attention: str, **fields: Any) -> Any:
