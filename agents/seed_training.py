@@ -33,7 +33,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -43,11 +42,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from flowrl.agents.agent import MODEL_FILE, WEIGHTS_KEY, Agent, make_agent, torch_save
+from flowrl.agents.agent import WEIGHTS_KEY, Agent, make_agent
+from flowrl.agents.checkpoints import load_checkpoint, point_latest, prune_checkpoints, step_name, write_step
+from flowrl.agents.optim import adamw_with_warmup, param_groups
 from flowrl.agents.seed_memory import check_memory
 from flowrl.agents.seed_policy import make_seed_policy
 from flowrl.agents.stacking import keep_seeds, load_seed_state_dicts, seed_state_dict, stack_models
-from flowrl.agents.trainer import TRAINER_FILE, TrainConfig, Trainer, _param_groups, fused_kwargs, pick_device
+from flowrl.agents.trainer import TrainConfig, Trainer, pick_device
 
 from flowrl import atomic, tiny
 from flowrl.errors import InputError, MissingInputError
@@ -195,13 +196,9 @@ class SeedTrainer:
         names = {id(p): n for n, p in agents[0].model.named_parameters()}
         groups = [
             {**g, "params": [self.model.get_parameter(names[id(p)]) for p in g["params"]]}
-            for g in _param_groups(agents[0].model, acfg.weight_decay)
+            for g in param_groups(agents[0].model, acfg.weight_decay)
         ]
-        self.optimizer = torch.optim.AdamW(groups, lr=acfg.lr, betas=(0.9, 0.999), **fused_kwargs(self.device))
-        warmup = acfg.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
-        )
+        self.optimizer, self.scheduler = adamw_with_warmup(groups, acfg, self.device)
         self.step = 0
         self.batch_size = int(acfg.batch_size)
         self._bad_step = torch.full((len(agents),), -1, dtype=torch.long, device=self.device)
@@ -417,16 +414,7 @@ class SeedTrainer:
         for k, results in zip(self.live, groups):
             view = self.views[k]
             view.step = self.step
-            for r in results:
-                tag = "bc" if r.target_return is None else f"target_{r.target_return:g}"
-                scalars = {f"eval/{tag}/return_mean": float(np.mean(r.returns))}
-                if r.normalized is not None:
-                    scalars[f"eval/{tag}/normalized_mean"] = float(np.mean(r.normalized))
-                view._log_scalars(scalars)
-            best = max(results, key=lambda r: float(np.mean(r.returns)))
-            view.history["eval_step"].append(self.step)
-            view.history["eval_return"].append(float(np.mean(best.returns)))
-            view.history["eval_score"].append(None if best.normalized is None else float(np.mean(best.normalized)))
+            view.record_evaluation(results)
             out[self.seeds[k]] = [r.to_dict() for r in results]
         return out
 
@@ -442,7 +430,7 @@ class SeedTrainer:
         """Checkpoint ``step`` for every live seed: all step folders, then all ``latest`` pointers, then pruning."""
         if self.run_dir is None:
             return
-        name = f"step_{self.step:08d}"
+        name = step_name(self.step)
         todo = [k for k in self.live if not (self.views[k].checkpoint_dir() / name).exists()]
         if todo:
             self.sync_agents()
@@ -451,15 +439,11 @@ class SeedTrainer:
             view.step = self.step
             root = view.checkpoint_dir()
             root.mkdir(parents=True, exist_ok=True)
-            with atomic.atomic_dir(root / name) as tmp:
-                view.agent.write_into(tmp)
-                torch_save(view.trainer_state(), tmp / TRAINER_FILE)
+            write_step(root, name, view.agent, view.trainer_state)
         for k in self.live:
-            atomic.write_text(self.views[k].checkpoint_dir() / "latest", name + "\n")
+            point_latest(self.views[k].checkpoint_dir(), name)
         for k in self.live:
-            root = self.views[k].checkpoint_dir()
-            for p in sorted(p for p in root.glob("step_*") if p.is_dir())[: -self.config.keep_checkpoints]:
-                shutil.rmtree(p, ignore_errors=True)
+            prune_checkpoints(self.views[k].checkpoint_dir(), self.config.keep_checkpoints)
 
     def resume(self) -> int:
         """Restore every live seed from the newest checkpoint step they all hold; returns that step."""
@@ -515,14 +499,8 @@ class SeedTrainer:
 
     def _read_checkpoint(self, k: int, name: str) -> tuple[dict, dict]:
         folder = self.views[k].checkpoint_dir() / name
-        try:
-            weights = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-            weights.pop(WEIGHTS_KEY, None)  # the agent's own record (algo, config), not a weight
-            state = torch.load(folder / TRAINER_FILE, map_location=self.device, weights_only=True)
-        except FileNotFoundError as e:
-            raise MissingInputError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
-        except Exception as e:
-            raise InputError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
+        weights, state = load_checkpoint(folder, state_location=self.device)
+        weights.pop(WEIGHTS_KEY, None)  # the agent's own record (algo, config), not a weight
         if "dropout_rng" not in state:
             raise InputError(f"checkpoint {folder} was not written by a seed-batched run (no dropout_rng)")
         state["dropout_rng"] = state["dropout_rng"].cpu()

@@ -17,9 +17,10 @@ norm that becomes NaN or infinite stops the run (:class:`flowrl.errors.DivergedE
 another checkpoint, so the newest checkpoint is the last good one.
 
 The pieces other trainers reuse: :func:`make_optimizer` (the one place the optimizer and schedule are
-built), :meth:`Trainer.update` (one gradient step), :meth:`Trainer.save_checkpoint` /
-:meth:`Trainer.resume`, and :func:`train` (what :func:`fit` and
-:func:`flowrl.agents.distributed.fit_distributed` share once their trainer is built).
+built, :mod:`flowrl.agents.optim`), :meth:`Trainer.update` (one gradient step),
+:meth:`Trainer.save_checkpoint` / :meth:`Trainer.resume` (on :mod:`flowrl.agents.checkpoints`), and
+:func:`train` (what :func:`fit` and :func:`flowrl.agents.distributed.fit_distributed` share once their
+trainer is built).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,17 +36,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from flowrl.agents.agent import Agent, torch_save
+from flowrl.agents.agent import Agent
+from flowrl.agents.checkpoints import read_latest, write_checkpoint
 from flowrl.agents.learning_curve import plot_learning_curve
+from flowrl.agents.optim import make_optimizer
 from flowrl.agents.run_folder import open_run_folder
 
 from flowrl import atomic, tiny
-from flowrl.errors import DivergedError, InputError, MissingInputError
+from flowrl.errors import DivergedError, InputError
 from flowrl.models.config import JsonConfig
 
 __all__ = ["TrainConfig", "Trainer", "check_bf16", "fit", "make_optimizer", "pick_device", "prepare", "train"]
-
-TRAINER_FILE = "trainer.pt"
 
 
 @dataclass
@@ -141,37 +141,6 @@ def check_bf16(device: torch.device) -> None:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
         raise InputError(f"--bf16: {name} does not support bfloat16; train in float32 (drop --bf16)")
-
-
-def fused_kwargs(device: torch.device) -> dict[str, bool]:
-    """``fused=True`` where torch has a fused AdamW kernel (CPU, CUDA): one kernel over all parameters
-    instead of a dozen small ops per tensor (3.9 -> 0.6 ms per DT update on the 2-core CPU)."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {}
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float):
-    """No weight decay on biases, norms and embeddings (as GPT-2/minGPT and the original DT)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "embed" in name.split(".")[0] or "norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: torch.nn.Module, config, device: torch.device):
-    """(AdamW, linear-warmup LambdaLR) for ``model`` with an agent config's lr, weight decay and warmup.
-
-    No weight decay on biases, norms and embeddings; betas (0.9, 0.999); fused where torch has it.
-    """
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999), **fused_kwargs(device)
-    )
-    warmup = config.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
-    )
-    return optimizer, scheduler
 
 
 class Trainer:
@@ -396,7 +365,12 @@ class Trainer:
             ref_scores=self.agent.reference_scores(),
             workers=self.config.eval_workers,
         )
-        out = [r.to_dict() for r in results]
+        self.record_evaluation(results)
+        return [r.to_dict() for r in results]
+
+    def record_evaluation(self, results: list) -> None:
+        """Log each target return's mean return (and normalized score) at ``step``, and add the best
+        target's to the history (for the learning curve)."""
         for r in results:
             tag = "bc" if r.target_return is None else f"target_{r.target_return:g}"
             scalars = {f"eval/{tag}/return_mean": float(np.mean(r.returns))}
@@ -407,7 +381,6 @@ class Trainer:
         self.history["eval_step"].append(self.step)
         self.history["eval_return"].append(float(np.mean(best.returns)))
         self.history["eval_score"].append(None if best.normalized is None else float(np.mean(best.normalized)))
-        return out
 
     # ------------------------------------------------------------------ files
     def _log_scalars(self, scalars: dict[str, float]) -> None:
@@ -428,20 +401,8 @@ class Trainer:
         """Write ``checkpoints/step_NNNNNNNN`` (atomically), point ``latest`` at it, drop the oldest."""
         if not self.is_main or self.run_dir is None:
             return None
-        root = self.checkpoint_dir()
-        root.mkdir(exist_ok=True)
-        name = f"step_{self.step:08d}"
-        final = root / name
-        if final.exists():
-            return final
-        with atomic.atomic_dir(final) as tmp:
-            self.agent.write_into(tmp)
-            torch_save(self.trainer_state(), tmp / TRAINER_FILE)
-        atomic.write_text(root / "latest", name + "\n")
-        old = sorted(p for p in root.glob("step_*") if p.is_dir())[: -self.config.keep_checkpoints]
-        for p in old:
-            shutil.rmtree(p, ignore_errors=True)
-        return final
+        keep = self.config.keep_checkpoints
+        return write_checkpoint(self.checkpoint_dir(), self.step, self.agent, self.trainer_state, keep)
 
     def trainer_state(self) -> dict[str, Any]:
         return {
@@ -460,29 +421,7 @@ class Trainer:
 
     def read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(model weights, trainer state) of the newest checkpoint of ``run_dir``, on the CPU."""
-        from flowrl.agents.agent import CHECKPOINT_NAME, MODEL_FILE
-
-        root = self.checkpoint_dir()
-        latest = root / "latest"
-        if not latest.is_file():
-            raise MissingInputError(
-                f"nothing to resume in {self.run_dir}: no checkpoint yet (the run stopped before its first "
-                "one); start it again with --overwrite"
-            )
-        name = latest.read_text(errors="replace").strip()
-        if not CHECKPOINT_NAME.fullmatch(name):
-            raise InputError(f"{latest} names {name!r}, not a checkpoint folder step_NNNNNNNN")
-        folder = root / name
-        try:
-            weights = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-            state = torch.load(folder / TRAINER_FILE, map_location="cpu", weights_only=True)
-        except FileNotFoundError as e:
-            raise MissingInputError(f"checkpoint {folder} is incomplete: {e.filename} is missing") from None
-        except Exception as e:
-            raise InputError(f"checkpoint {folder} is corrupt or truncated ({type(e).__name__}: {e})") from None
-        if not isinstance(weights, dict) or not isinstance(state, dict):
-            raise InputError(f"checkpoint {folder} does not hold a flowrl state dict")
-        return weights, state
+        return read_latest(self.checkpoint_dir())
 
     def load_state(self, weights: dict[str, Any], state: dict[str, Any]) -> None:
         """Apply what :meth:`read_checkpoint` returned: weights, optimizer, scheduler, RNGs, step."""

@@ -256,9 +256,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(data, tm
     """Item 13: "No space left on device" in one line (exit 1); the previous checkpoint stays the latest."""
     import errno
 
-    from flowrl.agents import trainer
+    from flowrl.agents import checkpoints
 
-    real, calls = trainer.torch_save, []
+    real, calls = checkpoints.torch_save, []
 
     def full_disk(obj, path):
         calls.append(path)
@@ -266,7 +266,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(data, tm
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(obj, path)
 
-    monkeypatch.setattr(trainer, "torch_save", full_disk)
+    monkeypatch.setattr(checkpoints, "torch_save", full_disk)
     out = tmp_path / "run"
     code, err = _train(capsys, "--dataset", str(data), "--out", str(out), *QUICK)
     assert code == 1 and len(err) == 1, err
@@ -300,19 +300,19 @@ def _killed_at(out: Path, args: list[str], when: str) -> int:
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        from flowrl.agents import trainer
+        from flowrl.agents import checkpoints, trainer
         from flowrl.scripts.cli import main
         when = {when!r}
         if when == "results":  # the final checkpoint is written; results.json is next
             trainer.Trainer._write_results = lambda self, results: os.kill(os.getpid(), signal.SIGKILL)
         else:  # inside the second checkpoint write, its folder half full
-            real, n = trainer.torch_save, []
+            real, n = checkpoints.torch_save, []
             def save(obj, path):
                 n.append(path)
                 if len(n) == 2:  # trainer.pt of step 4; its model.pt and agent.json are written
                     os.kill(os.getpid(), signal.SIGKILL)
                 real(obj, path)
-            trainer.torch_save = save
+            checkpoints.torch_save = save
         sys.exit(main({["train", *args]!r}))
         """
     )
