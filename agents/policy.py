@@ -36,9 +36,67 @@ from flowrl.errors import InputError
 from flowrl.models import FlowDecoder
 from flowrl.ops import native
 
-__all__ = ["DTPolicy", "BCPolicy", "ROLLOUTS"]
+__all__ = ["DTPolicy", "BCPolicy", "ContextWindows", "ROLLOUTS", "check_reset", "observe"]
 
 ROLLOUTS = ("window", "staggered", "episode")
+
+
+def check_reset(env_mask: np.ndarray, n: int) -> np.ndarray:
+    """``env_mask`` as a 1-d bool array; a reset of part of the environments needs ``n`` (the environments
+    of the last full reset) entries."""
+    env_mask = np.asarray(env_mask, dtype=bool)
+    if env_mask.ndim != 1:
+        raise ValueError(f"env_mask must be a 1-d bool array, got shape {env_mask.shape}")
+    if env_mask.shape[0] != n and not env_mask.all():
+        raise ValueError(f"first reset must cover all environments; got {env_mask.shape[0]} != {n}")
+    return env_mask
+
+
+def observe(observations: np.ndarray, last_rewards: np.ndarray, t: np.ndarray, rtg_now: np.ndarray, obs_dim: int):
+    """The step's observations as float32 [N, obs_dim] (their shape checked), once the last rewards [N] are
+    taken off the returns-to-go ``rtg_now`` [N] (in place) of the environments past their first step
+    (``t`` [N]: steps taken in the episode)."""
+    obs = np.asarray(observations, dtype=np.float32)
+    if obs.shape != (len(t), obs_dim):
+        raise ValueError(f"observations have shape {obs.shape}, expected ({len(t)}, {obs_dim})")
+    started = t > 0
+    rtg_now[started] -= np.asarray(last_rewards, dtype=np.float64)[started]
+    return obs
+
+
+class ContextWindows:
+    """The last K steps of N environments, oldest first, right-padded with zeros while an episode is shorter:
+    states [N, K, obs_dim] (float32), actions [N, K, act_dim] (``act_dtype``), returns-to-go [N, K] (float64,
+    unscaled), timesteps [N, K]; ``length`` [N]: the steps each window holds."""
+
+    def __init__(self, n: int, K: int, obs_dim: int, act_dim: int, act_dtype: type = np.float32):
+        self.K = K
+        self.states = np.zeros((n, K, obs_dim), np.float32)
+        self.actions = np.zeros((n, K, act_dim), act_dtype)
+        self.rtg = np.zeros((n, K), np.float64)
+        self.timesteps = np.zeros((n, K), np.int64)
+        self.length = np.zeros(n, np.int64)
+
+    def clear(self, rows: np.ndarray) -> None:
+        """Empty the windows of ``rows`` (new episodes)."""
+        for buf in (self.states, self.actions, self.rtg, self.timesteps, self.length):
+            buf[rows] = 0
+
+    def push(self, obs: np.ndarray, rtg: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Append step (s_t, R_t, t) with a zero action to every window, full windows sliding left by one
+        step; returns each window's index of the new step, [N]."""
+        full = self.length == self.K
+        if full.any():
+            for buf in (self.states, self.actions, self.rtg, self.timesteps):
+                buf[full, :-1] = buf[full, 1:]
+        self.length[~full] += 1
+        last = self.length - 1
+        rows = np.arange(len(last))
+        self.states[rows, last] = obs
+        self.actions[rows, last] = 0.0
+        self.rtg[rows, last] = rtg
+        self.timesteps[rows, last] = t
+        return last
 
 
 class BCPolicy:
@@ -79,29 +137,23 @@ class DTPolicy:
         self.restart_every = s if rollout == "staggered" else None
         self.slots = -(-K // s) if rollout == "staggered" else 1  # recurrent states per environment
         self.n = 0  # number of environments
+        self.t = np.zeros(0, np.int64)  # per environment: steps taken in the episode
+        self.rtg_now = np.zeros(0, np.float64)  # per environment: the return still to collect
         if self.recurrent:
             native.library()  # build the decode kernel now, not in each forked evaluation worker at once
 
     # ------------------------------------------------------------------ protocol
     def reset(self, env_mask: np.ndarray, target_return: float | None = None) -> None:
-        env_mask = np.asarray(env_mask, dtype=bool)
         if target_return is None:
             raise InputError("a Decision Transformer needs a target return (e.g. the env's default targets)")
-        if env_mask.ndim != 1:
-            raise ValueError(f"env_mask must be a 1-d bool array, got shape {env_mask.shape}")
-        if env_mask.shape[0] != self.n and not env_mask.all():
-            raise ValueError(f"first reset must cover all environments; got {env_mask.shape[0]} != {self.n}")
+        env_mask = check_reset(env_mask, self.n)
         if env_mask.all():  # a new evaluation (the model may have trained, moved or changed dtype since)
             self._allocate(env_mask.shape[0])
         rows = np.flatnonzero(env_mask)
         self.t[rows] = 0
         self.rtg_now[rows] = float(target_return)
         if self.rollout == "window":
-            self.states[rows] = 0.0
-            self.actions[rows] = 0.0
-            self.rtg[rows] = 0.0
-            self.timesteps[rows] = 0
-            self.length[rows] = 0
+            self.window.clear(rows)
             if self.recurrent:
                 self.decoder.reset(torch.as_tensor(rows, device=self.device))
         else:  # slots restart (and are zeroed) lazily, when their turn comes in the new episode
@@ -110,11 +162,7 @@ class DTPolicy:
 
     @torch.no_grad()
     def act(self, observations: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
-        obs = np.asarray(observations, dtype=np.float32)
-        if obs.shape != (self.n, self.agent.obs_dim):
-            raise ValueError(f"observations have shape {obs.shape}, expected ({self.n}, {self.agent.obs_dim})")
-        started = self.t > 0
-        self.rtg_now[started] -= np.asarray(last_rewards, dtype=np.float64)[started]
+        obs = observe(observations, last_rewards, self.t, self.rtg_now, self.agent.obs_dim)
         if self.model.training:  # no dropout in rollouts (checked per step: .eval() walks every module)
             self.model.eval()
         out = self._act_window(obs) if self.rollout == "window" else self._act_recurrent(obs)
@@ -126,16 +174,12 @@ class DTPolicy:
         K, a = self.K, self.agent
         self.n = n
         self.dtype, self.device = a.dtype, a.device  # looked up once: both walk the modules
-        self.t = np.zeros(n, np.int64)  # steps taken in the episode
+        self.t = np.zeros(n, np.int64)
         self.rtg_now = np.zeros(n, np.float64)
         # actions in the work dtype: a float64 model's rollout is float64 throughout
         act_dtype = np.float64 if self.dtype == torch.float64 else np.float32
         if self.rollout == "window":
-            self.states = np.zeros((n, K, a.obs_dim), np.float32)
-            self.actions = np.zeros((n, K, a.act_dim), act_dtype)
-            self.rtg = np.zeros((n, K), np.float64)
-            self.timesteps = np.zeros((n, K), np.int64)
-            self.length = np.zeros(n, np.int64)  # steps in the window
+            self.window = ContextWindows(n, K, a.obs_dim, a.act_dim, act_dtype)
             rows = n
         else:
             self.prev_action = np.zeros((n, a.act_dim), act_dtype)
@@ -207,34 +251,24 @@ class DTPolicy:
         return out
 
     def _act_window(self, obs: np.ndarray) -> np.ndarray:
-        # append (s_t, R_t, t) to every env's window, sliding full windows left by one step
-        full = self.length == self.K
-        if full.any():
-            for buf in (self.states, self.actions, self.rtg, self.timesteps):
-                buf[full, :-1] = buf[full, 1:]
-        self.length[~full] += 1
-        last = self.length - 1
-        rows = np.arange(self.n)
-        self.states[rows, last] = obs
-        self.actions[rows, last] = 0.0
-        self.rtg[rows, last] = self.rtg_now
-        self.timesteps[rows, last] = self.t
-
-        out = np.empty((self.n, self.agent.act_dim), self.actions.dtype)
+        w = self.window
+        last = w.push(obs, self.rtg_now, self.t)
+        out = np.empty((self.n, self.agent.act_dim), w.actions.dtype)
         in_state = (self.t < self.K) if self.recurrent else np.zeros(self.n, bool)
         if in_state.any():
             out[in_state] = self._act_growing(np.flatnonzero(in_state))
         if (~in_state).any():
             out[~in_state] = self._act_full_window(np.flatnonzero(~in_state))
-        self.actions[rows, last] = out
+        w.actions[np.arange(self.n), last] = out
         return out
 
     def _act_growing(self, rows: np.ndarray) -> np.ndarray:
         """Window mode while t < K: feed only [a_{t-1}, R̂_t, s_t] (or [R̂_0, s_0]) against the state."""
-        out = np.empty((len(rows), self.agent.act_dim), self.actions.dtype)
-        j = self.length[rows] - 1
+        w = self.window
+        out = np.empty((len(rows), self.agent.act_dim), w.actions.dtype)
+        j = w.length[rows] - 1
         x = self.step_embed.tokens(
-            self.actions[rows, np.maximum(j - 1, 0)], self.rtg[rows, j], self.states[rows, j], self.timesteps[rows, j]
+            w.actions[rows, np.maximum(j - 1, 0)], w.rtg[rows, j], w.states[rows, j], w.timesteps[rows, j]
         )
         first = self.t[rows] == 0
         for is_first in (True, False):
@@ -246,11 +280,12 @@ class DTPolicy:
 
     def _act_full_window(self, rows: np.ndarray) -> np.ndarray:
         """Recompute each row's window (right-padded to K) and read the action at its last state token."""
+        w = self.window
         inputs = (
-            self.model.normalizer(self._tensor(self.states[rows])),
-            self._tensor(self.actions[rows]),
-            self._tensor(self.rtg[rows, :, None] * self.agent.config.reward_scale),
-            self._tensor(self.timesteps[rows], torch.long),
+            self.model.normalizer(self._tensor(w.states[rows])),
+            self._tensor(w.actions[rows]),
+            self._tensor(w.rtg[rows, :, None] * self.agent.config.reward_scale),
+            self._tensor(w.timesteps[rows], torch.long),
         )
         L = TOKENS_PER_STEP * (self.K - 1) + STATE_TOKEN + 1  # full windows (t >= K) up to their last state token
         if self.window_decoder is not None:
@@ -258,7 +293,7 @@ class DTPolicy:
             self.window_decoder.reset(idx)
             return self.step_embed.actions(self.window_decoder.step(self.model.embed(*inputs)[:, :L], idx))
         pred = self.model(*inputs)  # (R, K, act) — predictions at every state token
-        last = torch.as_tensor(self.length[rows] - 1, device=self.device)
+        last = torch.as_tensor(w.length[rows] - 1, device=self.device)
         pred = pred[torch.arange(len(rows), device=self.device), last]
         return pred.to(torch.float64 if self.dtype == torch.float64 else torch.float32).cpu().numpy()
 

@@ -19,19 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from flowrl.agents.policy import ContextWindows, check_reset, observe
 from flowrl.agents.stacking import seed_count
 from torch import nn
 
 __all__ = ["SeedDTPolicy", "SeedBCPolicy", "SplitPolicy", "make_seed_policy"]
-
-
-def _check_reset(env_mask: np.ndarray, n: int) -> np.ndarray:
-    env_mask = np.asarray(env_mask, dtype=bool)
-    if env_mask.ndim != 1:
-        raise ValueError(f"env_mask must be a 1-d bool array, got shape {env_mask.shape}")
-    if env_mask.shape[0] != n and not env_mask.all():
-        raise ValueError(f"first reset must cover all environments; got {env_mask.shape[0]} != {n}")
-    return env_mask
 
 
 def _groups(n: int, seeds: int) -> int:
@@ -53,19 +45,19 @@ class SeedDTPolicy:
         self.K, self.seeds = agent.config.context, seed_count(model)
         self.observation_map = agent.observation_map  # evaluate_groups() maps the live observations with it
         self.n = 0
+        self.t = np.zeros(0, np.int64)  # per environment: steps taken in the episode
+        self.rtg_now = np.zeros(0, np.float64)  # per environment: the return still to collect
 
     def reset(self, env_mask: np.ndarray, target_return: float | None = None) -> None:
         if target_return is None:
             raise ValueError("a Decision Transformer needs a target return (e.g. the env's default targets)")
-        env_mask = _check_reset(env_mask, self.n)
+        env_mask = check_reset(env_mask, self.n)
         if env_mask.all():
             self._allocate(env_mask.shape[0])
         rows = np.flatnonzero(env_mask)
         self.rtg_now[rows] = float(target_return)
         self.t[rows] = 0
-        self.length[rows] = 0
-        for buf in (self.states, self.actions, self.rtg, self.timesteps):
-            buf[rows] = 0
+        self.window.clear(rows)
 
     def _allocate(self, n: int) -> None:
         _groups(n, self.seeds)
@@ -75,45 +67,29 @@ class SeedDTPolicy:
         self.dtype, self.device = p.dtype, p.device
         self.t = np.zeros(n, np.int64)
         self.rtg_now = np.zeros(n, np.float64)
-        self.states = np.zeros((n, K, a.obs_dim), np.float32)
-        self.actions = np.zeros((n, K, a.act_dim), np.float32)
-        self.rtg = np.zeros((n, K), np.float64)
-        self.timesteps = np.zeros((n, K), np.int64)
-        self.length = np.zeros(n, np.int64)
+        self.window = ContextWindows(n, K, a.obs_dim, a.act_dim, np.float32)
 
     def _tensor(self, x, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x), dtype=dtype or self.dtype, device=self.device)
 
     @torch.no_grad()
     def act(self, observations: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
-        obs = np.asarray(observations, dtype=np.float32)
-        if obs.shape != (self.n, self.agent.obs_dim):
-            raise ValueError(f"observations have shape {obs.shape}, expected ({self.n}, {self.agent.obs_dim})")
-        started = self.t > 0
-        self.rtg_now[started] -= np.asarray(last_rewards, dtype=np.float64)[started]
+        obs = observe(observations, last_rewards, self.t, self.rtg_now, self.agent.obs_dim)
         if self.model.training:
             self.model.eval()
-        full = self.length == self.K
-        if full.any():  # slide full windows left by one step
-            for buf in (self.states, self.actions, self.rtg, self.timesteps):
-                buf[full, :-1] = buf[full, 1:]
-        self.length[~full] += 1
-        last = self.length - 1
+        w = self.window
+        last = w.push(obs, self.rtg_now, self.t)
         rows = np.arange(self.n)
-        self.states[rows, last] = obs
-        self.actions[rows, last] = 0.0
-        self.rtg[rows, last] = self.rtg_now
-        self.timesteps[rows, last] = self.t
         # the rows past each window's end are zeros: causal attention keeps them from the real tokens
         pred = self.model(
-            self.model.normalizer(self._tensor(self.states)),
-            self._tensor(self.actions),
-            self._tensor(self.rtg[..., None] * self.agent.config.reward_scale),
-            self._tensor(self.timesteps, torch.long),
+            self.model.normalizer(self._tensor(w.states)),
+            self._tensor(w.actions),
+            self._tensor(w.rtg[..., None] * self.agent.config.reward_scale),
+            self._tensor(w.timesteps, torch.long),
         )  # (S·N, K, act_dim)
         out = pred[torch.as_tensor(rows, device=self.device), torch.as_tensor(last, device=self.device)]
         out = out.float().cpu().numpy()
-        self.actions[rows, last] = out
+        w.actions[rows, last] = out
         self.t += 1
         return out
 
@@ -127,7 +103,7 @@ class SeedBCPolicy:
         self.n = 0
 
     def reset(self, env_mask: np.ndarray, target_return: float | None = None) -> None:
-        env_mask = _check_reset(env_mask, self.n)
+        env_mask = check_reset(env_mask, self.n)
         if env_mask.all():
             _groups(env_mask.shape[0], self.seeds)
             self.n = env_mask.shape[0]
@@ -150,7 +126,7 @@ class SplitPolicy:
         self.n = 0
 
     def reset(self, env_mask: np.ndarray, target_return: float | None = None) -> None:
-        env_mask = _check_reset(env_mask, self.n)
+        env_mask = check_reset(env_mask, self.n)
         if env_mask.all():
             self.n = env_mask.shape[0]
         per = _groups(self.n, len(self.policies))
