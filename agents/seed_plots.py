@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from flowrl.agents.learning_curve import save_figure
 
 __all__ = ["curve_over_seeds", "plot_seed_curves", "plot_score_curves"]
 
@@ -50,14 +50,7 @@ def plot_seed_curves(histories: dict[int, dict[str, list]], path: str | os.PathL
     )
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_score_curves(runs: list[dict], datasets: list[str], path: str | os.PathLike, title: str = "") -> Path | None:
@@ -85,14 +78,7 @@ def plot_score_curves(runs: list[dict], datasets: list[str], path: str | os.Path
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(f"{title}: mean over seeds, band min..max")
-    fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def _band(ax, x: np.ndarray, y: np.ndarray, **kw) -> None:
