@@ -75,6 +75,22 @@ def random_dataset(
     )
 
 
+def roll(policy, obs: np.ndarray, rew: np.ndarray, resets: dict, target_return: float = 30.0) -> np.ndarray:
+    """The actions [steps, N, act_dim] ``policy`` takes on observations ``obs`` [steps, N, obs_dim] with the
+    rewards ``rew`` [steps, N] following them: all N environments reset first, and at step t those of the
+    mask ``resets[t]`` (their last reward then 0)."""
+    n = obs.shape[1]
+    policy.reset(np.ones(n, bool), target_return=target_return)
+    got, last_r = [], np.zeros(n, np.float32)
+    for t in range(len(obs)):
+        if t in resets:
+            policy.reset(resets[t], target_return=target_return)
+            last_r = np.where(resets[t], 0.0, last_r).astype(np.float32)
+        got.append(policy.act(obs[t], last_r))
+        last_r = rew[t]
+    return np.stack(got)
+
+
 @pytest.fixture
 def tiny_data():
     return random_dataset()

@@ -23,7 +23,7 @@ from flowrl.agents.config import config_from_dict
 
 from flowrl.errors import InputError
 
-from .conftest import TOY_ID, random_dataset, toy_dataset
+from .conftest import TOY_ID, random_dataset, roll, toy_dataset
 
 AGENTS = {
     "flow-dt": lambda: DecisionTransformerConfig(context=6, dim=16, depth=2, heads=2, warmup_steps=5, batch_size=8),
@@ -259,16 +259,7 @@ def test_stateful_policy_equals_recomputing_from_scratch(attention, rollout, eve
     obs = rng.normal(size=(steps, n, 4)).astype(np.float32)
     rew = rng.normal(size=(steps, n)).astype(np.float32)
     resets = {6: np.array([False, True, False]), 11: np.array([True, False, False])}
-    policy.reset(np.ones(n, bool), target_return=30.0)
-    got = []
-    last_r = np.zeros(n, np.float32)
-    for t in range(steps):
-        if t in resets:
-            policy.reset(resets[t], target_return=30.0)
-            last_r = np.where(resets[t], 0.0, last_r).astype(np.float32)
-        got.append(policy.act(obs[t], last_r))
-        last_r = rew[t]
-    got = np.stack(got)
+    got = roll(policy, obs, rew, resets)
     # from scratch: rebuild each env's episode history and ask agent.act for the action of its last step,
     # given the part of the history the rollout mode shows the model
     expected = np.zeros_like(got)

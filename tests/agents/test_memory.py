@@ -10,7 +10,7 @@ from flowrl.agents.config import PRESETS, preset
 from flowrl.agents.memory import prefix_state, segment_predictions
 from flowrl.envs import EpisodeSampler, evaluate
 
-from .conftest import TOY_HORIZON, TOY_ID, random_dataset, toy_dataset
+from .conftest import TOY_HORIZON, TOY_ID, random_dataset, roll, toy_dataset
 
 
 def _memory_agent(obs_dim=4, act_dim=2, **kw):
@@ -34,16 +34,8 @@ def test_episode_rollout_equals_a_forward_over_the_whole_episode(time, kernel):
     obs = rng.normal(size=(steps, n, 4)).astype(np.float32)
     rew = rng.normal(size=(steps, n)).astype(np.float32)
     resets = {7: np.array([False, True, False]), 19: np.array([True, False, True]), 23: np.array([False, True, False])}
-    policy.reset(np.ones(n, bool), target_return=30.0)
+    got = roll(policy, obs, rew, resets)
     assert policy.decoder.native == (kernel == "native")
-    got, last_r = [], np.zeros(n, np.float32)
-    for t in range(steps):
-        if t in resets:
-            policy.reset(resets[t], target_return=30.0)
-            last_r = np.where(resets[t], 0.0, last_r).astype(np.float32)
-        got.append(policy.act(obs[t], last_r))
-        last_r = rew[t]
-    got = np.stack(got)
     assert got.dtype == np.float64
     model = agent.model.eval()
     T = lambda x, dtype=torch.float64: torch.as_tensor(np.asarray(x), dtype=dtype)[None]  # noqa: E731
