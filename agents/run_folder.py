@@ -46,6 +46,12 @@ def is_run_folder(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() or (path / CHECKPOINTS).is_dir()
 
 
+def has_checkpoint(path: Path) -> bool:
+    """Whether the run in ``path`` has written a checkpoint: its own, or one of its seeds' (``seed_<k>/``) in
+    a seed-batched run."""
+    return any((run / CHECKPOINTS / "latest").exists() for run in (path, *path.glob("seed_*")))
+
+
 def _entries(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name != LOCK_FILE]
 
@@ -163,7 +169,7 @@ def open_run_folder(
             try:
                 yield path
             except BaseException:
-                if not resume and not (path / CHECKPOINTS / "latest").exists():
+                if not resume and not has_checkpoint(path):
                     for p in _entries(path):  # nothing of value yet: leave no half run behind
                         shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
                 raise

@@ -149,6 +149,24 @@ def test_a_failed_run_leaves_no_folder(data, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("seeds", [None, 2])
+def test_a_run_that_fails_after_a_checkpoint_keeps_its_folder(data, tmp_path, capsys, monkeypatch, seeds):
+    """Item 3: once a checkpoint exists (a seed-batched run's are in seed_<k>/), a failure removes nothing."""
+    from flowrl.agents import learning_curve
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("a bug in the plot")
+
+    monkeypatch.setattr(learning_curve, "save_figure", broken_plot)
+    out = tmp_path / "run"
+    seed_args = ["--seeds", str(seeds)] if seeds else []
+    code, err = _train(capsys, "--dataset", str(data), "--out", str(out), *seed_args, *QUICK)
+    assert code == 1 and "internal error: RuntimeError: a bug in the plot" in err[-1], err
+    runs = [out / f"seed_{k}" for k in range(seeds)] if seeds else [out]
+    for run in runs:
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000002", "step_00000004"]
+
+
 def test_temporaries_of_a_killed_checkpoint_write_are_removed(finished_run, capsys):
     """Item 3: hidden checkpoint temporaries of dead writers (this version's and older versions' names)."""
     ckpt = finished_run / "checkpoints"
