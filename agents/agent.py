@@ -25,7 +25,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from torch import Tensor, nn
 from flowrl import atomic
 from flowrl.errors import InputError, MissingInputError
 
+if TYPE_CHECKING:
+    from flowrl.envs import ContextSampler, EpisodeSampler, Policy, TransitionSampler
+
 __all__ = ["Agent", "DTAgent", "BCAgent", "make_agent", "load_agent", "MODEL_FILE", "AGENT_FILE"]
 
 MODEL_FILE = "model.pt"
@@ -46,10 +49,12 @@ CHECKPOINT_NAME = re.compile(r"step_\d{8,}")
 
 
 class Agent:
-    """Common part of every agent. Subclasses set ``algo`` and build ``self.model``."""
+    """Common part of every agent. Subclasses set ``algo``, build ``self.model`` and provide the methods that
+    raise NotImplementedError here."""
 
     algo: str = ""
-    model: nn.Module
+    config: AgentConfig
+    model: DecisionTransformer | BCNetwork
 
     def __init__(
         self,
@@ -133,6 +138,23 @@ class Agent:
 
     def _tensor(self, x, dtype=None) -> Tensor:
         return torch.as_tensor(np.asarray(x), device=self.device, dtype=dtype or self.dtype)
+
+    # ----------------------------------------------------------------- what subclasses provide
+    def make_sampler(self, dataset, seed: int) -> ContextSampler | EpisodeSampler | TransitionSampler:
+        """An object whose ``sample(batch_size)`` draws training batches from ``dataset``."""
+        raise NotImplementedError
+
+    def loss(self, batch, model: nn.Module | None = None) -> Tensor:
+        """Scalar training loss of ``batch``; ``model`` runs the forward instead of ``self.model``."""
+        raise NotImplementedError
+
+    def make_policy(self, *, rollout: str | None = None, restart_every: int | None = None) -> Policy:
+        """A :class:`flowrl.envs.Policy` for vectorized evaluation."""
+        raise NotImplementedError
+
+    def act(self, states, *args, **kwargs) -> np.ndarray:
+        """Action(s) for raw observations, for users' own loops."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- persistence
     def describe(self) -> dict[str, Any]:
@@ -258,6 +280,7 @@ class DTAgent(Agent):
 
     algo = "dt"
     config: DecisionTransformerConfig
+    model: DecisionTransformer
 
     def __init__(self, config: DecisionTransformerConfig, obs_dim: int, act_dim: int, **kw):
         super().__init__(config, obs_dim, act_dim, **kw)
@@ -268,6 +291,13 @@ class DTAgent(Agent):
     def fit_normalization(self, dataset) -> None:
         super().fit_normalization(dataset)
         self.config = self.model.config = self._with_env_reward_scale(self.config)
+
+    @property
+    def reward_scale(self) -> float:
+        """The factor returns-to-go are multiplied by: the config's, resolved when unset (never None here)."""
+        scale = self.config.reward_scale
+        assert scale is not None, "DTAgent resolves an unset reward_scale in __init__"
+        return scale
 
     def _with_env_reward_scale(self, config: DecisionTransformerConfig) -> DecisionTransformerConfig:
         """``config`` with an unset reward_scale resolved from the agent's environment (its EnvSpec's value;
@@ -293,7 +323,7 @@ class DTAgent(Agent):
         cfg = self.config
         if not cfg.memory:
             return ContextSampler(
-                dataset, cfg.context, reward_scale=cfg.reward_scale, seed=seed, normalize_states=cfg.normalize_states
+                dataset, cfg.context, reward_scale=self.reward_scale, seed=seed, normalize_states=cfg.normalize_states
             )
         longest, limit = int(dataset.episode_lengths.max()), cfg.time_limit
         if limit is not None and longest > limit:
@@ -305,7 +335,7 @@ class DTAgent(Agent):
             dataset,
             cfg.context,
             segments=cfg.memory_training == "segments",
-            reward_scale=cfg.reward_scale,
+            reward_scale=self.reward_scale,
             seed=seed,
             normalize_states=cfg.normalize_states,
         )
@@ -386,7 +416,7 @@ class DTAgent(Agent):
         pred = self.model(
             self.model.normalizer(self._tensor(s)),
             self._tensor(a),
-            self._tensor(r * self.config.reward_scale),
+            self._tensor(r * self.reward_scale),
             self._tensor(ts, torch.long),
         )[:, -1]
         out = pred.float().cpu().numpy()
@@ -398,6 +428,7 @@ class BCAgent(Agent):
 
     algo = "bc"
     config: BCConfig
+    model: BCNetwork
 
     def __init__(self, config: BCConfig, obs_dim: int, act_dim: int, **kw):
         super().__init__(config, obs_dim, act_dim, **kw)

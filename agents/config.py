@@ -192,7 +192,7 @@ class BCConfig(_OptimFields, JsonConfig):
 
 
 AgentConfig = DecisionTransformerConfig | BCConfig
-CONFIGS: dict[str, type] = {"dt": DecisionTransformerConfig, "bc": BCConfig}
+CONFIGS: dict[str, type[DecisionTransformerConfig] | type[BCConfig]] = {"dt": DecisionTransformerConfig, "bc": BCConfig}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the original Decision Transformer (Chen et al. 2021), Gym settings: the dataclass defaults

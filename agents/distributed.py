@@ -279,7 +279,7 @@ def load_dataset_shared(
         mine = lead()
     if env.world_size > env.local_world_size:
         # Several machines: rank 0 first, so a shared download cache is filled once, not raced.
-        box = [_public(mine) if env.rank == 0 else None]
+        box: list[Any] = [_public(mine) if env.rank == 0 else None]  # rank 0's payload everywhere after this
         dist.broadcast_object_list(box, src=0)
         if "error" in box[0]:
             raise box[0]["error"]
@@ -410,7 +410,7 @@ class DistributedTrainer(Trainer):
         device = agent.device
         # Buffers (state mean/std) are copied from rank 0 once, here, and never change in training: no
         # per-forward broadcast (the argument was renamed in recent PyTorch).
-        no_sync = (
+        no_sync: dict[str, Any] = (
             {"forward_sync_buffers": False}
             if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             else {"broadcast_buffers": False}
@@ -542,7 +542,7 @@ def fit_distributed(
     trainer = DistributedTrainer(agent, dataset, config, run_dir, progress=progress, batch_size=batch)
     results = train(trainer, resume=resume, overwrite=overwrite, on_start=on_start)
     results["distributed"] = trainer.distributed_info()
-    box = [results if rank == 0 else None]
+    box: list[Any] = [results if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)  # also keeps ranks together until rank 0 is done writing
     if shutdown:
         shutdown_distributed()

@@ -26,6 +26,9 @@ _STATE_TOKENS = slice(STATE_TOKEN, None, TOKENS_PER_STEP)
 class _Normalizer(nn.Module):
     """State mean/std as buffers, so they travel inside the weights file."""
 
+    state_mean: Tensor
+    state_std: Tensor
+
     def __init__(self, obs_dim: int):
         super().__init__()
         self.register_buffer("state_mean", torch.zeros(obs_dim))

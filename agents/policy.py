@@ -72,7 +72,7 @@ class ContextWindows:
     def __init__(self, n: int, K: int, obs_dim: int, act_dim: int, act_dtype: type = np.float32):
         self.K = K
         self.states = np.zeros((n, K, obs_dim), np.float32)
-        self.actions = np.zeros((n, K, act_dim), act_dtype)
+        self.actions: np.ndarray = np.zeros((n, K, act_dim), act_dtype)
         self.rtg = np.zeros((n, K), np.float64)
         self.timesteps = np.zeros((n, K), np.int64)
         self.length = np.zeros(n, np.int64)
@@ -215,13 +215,16 @@ class DTPolicy:
         """Staggered / episode rollouts: 3 new tokens [a_{t-1}, R̂_t, s_t] per live state, no window."""
         n, S, K = self.n, self.slots, self.K
         t = self.t
-        tok = self.step_embed.tokens(self.prev_action, self.rtg_now, obs, t)  # (n, 3, dim)
+        step_embed = self.step_embed
+        assert step_embed is not None  # staggered and episode rollouts are for flow attention, always recurrent
+        tok = step_embed.tokens(self.prev_action, self.rtg_now, obs, t)  # (n, 3, dim)
 
         if self.rollout == "episode":
             restart = t == 0
             slot = np.zeros(n, np.int64)
         else:
             every = self.restart_every
+            assert every is not None  # set for rollout="staggered"
             restart = t % every == 0
             slot = (t // every) % S
         envs = np.flatnonzero(restart)
@@ -246,7 +249,7 @@ class DTPolicy:
         if self.rollout == "staggered":
             age = np.where(age <= K, age, -1)
         acting = np.arange(n) * S + age.argmax(1)
-        out = self.step_embed.actions(h[torch.as_tensor(acting, device=h.device)] if S > 1 else h)
+        out = step_embed.actions(h[torch.as_tensor(acting, device=h.device)] if S > 1 else h)
         self.prev_action = out.copy()
         return out
 
@@ -267,7 +270,9 @@ class DTPolicy:
         w = self.window
         out = np.empty((len(rows), self.agent.act_dim), w.actions.dtype)
         j = w.length[rows] - 1
-        x = self.step_embed.tokens(
+        step_embed = self.step_embed
+        assert step_embed is not None  # growing windows are fed to the recurrent states: flow attention
+        x = step_embed.tokens(
             w.actions[rows, np.maximum(j - 1, 0)], w.rtg[rows, j], w.states[rows, j], w.timesteps[rows, j]
         )
         first = self.t[rows] == 0
@@ -275,7 +280,7 @@ class DTPolicy:
             pick = first == is_first
             if pick.any():
                 h = self._run_rows(x[torch.as_tensor(np.flatnonzero(pick))][:, int(is_first) :], rows[pick])
-                out[pick] = self.step_embed.actions(h)
+                out[pick] = step_embed.actions(h)
         return out
 
     def _act_full_window(self, rows: np.ndarray) -> np.ndarray:
@@ -289,6 +294,7 @@ class DTPolicy:
         )
         L = TOKENS_PER_STEP * (self.K - 1) + STATE_TOKEN + 1  # full windows (t >= K) up to their last state token
         if self.window_decoder is not None:
+            assert self.step_embed is not None  # a window decoder is built for flow attention only
             idx = torch.as_tensor(rows, device=self.device)
             self.window_decoder.reset(idx)
             return self.step_embed.actions(self.window_decoder.step(self.model.embed(*inputs)[:, :L], idx))

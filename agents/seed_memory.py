@@ -21,13 +21,14 @@ def estimate_memory(config, seeds: int, obs_dim: int = 1, act_dim: int = 1) -> i
     per seed for flow-DT, 132 MiB for softmax-DT and 4 MiB for BC; this gives 184, 184 and 5 MiB.
     """
     from flowrl.agents.agent import make_agent
+    from flowrl.agents.config import DecisionTransformerConfig
 
     with torch.device("meta"):
         agent = make_agent(config, obs_dim, act_dim)
     params = sum(p.numel() for p in agent.model.parameters())
-    per_seed = 4 * params * 5  # weights, gradient, two moments, the seed's own single-model copy
+    per_seed: float = 4 * params * 5  # weights, gradient, two moments, the seed's own single-model copy
     cfg, batch = agent.config, agent.config.batch_size
-    if agent.algo == "dt":
+    if isinstance(cfg, DecisionTransformerConfig):
         tokens = batch * 3 * cfg.context
         hidden = cfg.dim * (10 + 2 * cfg.mlp_ratio)  # saved tensors per token and block, in floats
         per_seed += 4 * tokens * (cfg.depth * hidden + 4 * cfg.dim)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from flowrl.agents.models import BCNetwork, DecisionTransformer
 from flowrl.agents.policy import ContextWindows, check_reset, observe
 from flowrl.agents.stacking import seed_count
 from torch import nn
@@ -40,7 +41,7 @@ class SeedDTPolicy:
         model: the stacked :class:`flowrl.agents.models.DecisionTransformer`.
     """
 
-    def __init__(self, agent, model: nn.Module):
+    def __init__(self, agent, model: DecisionTransformer):
         self.agent, self.model = agent, model
         self.K, self.seeds = agent.config.context, seed_count(model)
         self.observation_map = agent.observation_map  # evaluate_groups() maps the live observations with it
@@ -97,7 +98,7 @@ class SeedDTPolicy:
 class SeedBCPolicy:
     """S behaviour-cloning MLPs in one stacked module: one forward over the S·N observations."""
 
-    def __init__(self, agent, model: nn.Module):
+    def __init__(self, agent, model: BCNetwork):
         self.agent, self.model, self.seeds = agent, model, seed_count(model)
         self.observation_map = agent.observation_map
         self.n = 0
@@ -156,8 +157,10 @@ def make_seed_policy(agents: Sequence, model: nn.Module, *, rollout: str = "wind
         rollout = getattr(agents[0].config, "default_rollout", "window")
     if algo == "bc":
         agents[0].make_policy(rollout=rollout)  # rejects DT-only rollout options as a single BC run does
+        assert isinstance(model, BCNetwork), "a stacked model has the class of the models it stacks"
         return SeedBCPolicy(agents[0], model)
     if rollout == "window" and algo == "dt":
         agents[0].make_policy(rollout=rollout)
+        assert isinstance(model, DecisionTransformer), "a stacked model has the class of the models it stacks"
         return SeedDTPolicy(agents[0], model)
     return SplitPolicy([a.make_policy(rollout=rollout) for a in agents])

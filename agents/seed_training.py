@@ -83,6 +83,7 @@ class _SeedView(Trainer):
     updates; ``trainer_state`` reports this seed's share of them."""
 
     batched: SeedTrainer
+    index: int  # the seed's position in the batched trainer's agents
     generator: torch.Generator
 
     def trainer_state(self) -> dict[str, Any]:
@@ -509,7 +510,7 @@ class SeedTrainer:
 
 def summarize_seeds(per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """Per target return: every seed's mean return and normalized score, their mean and standard error."""
-    out = []
+    out: list[dict[str, Any]] = []
     evals = {s: r["eval"] for s, r in per_seed.items() if r.get("eval")}
     if not evals:
         return out

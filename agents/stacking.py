@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -133,23 +134,30 @@ class SeedSoftmaxAttention(_SeedProjection, SoftmaxAttention):
 
 _SEED_ATTENTION = {FlowAttention: SeedFlowAttention, SoftmaxAttention: SeedSoftmaxAttention}
 _SEED_LEAVES = (SeedLinear, SeedLayerNorm, SeedEmbedding)
+M = TypeVar("M", bound=nn.Module)
 
 
 def _stacked_leaf(name: str, leaves: list[nn.Module]) -> nn.Module:
     first = leaves[0]
 
-    def stack(attr: str) -> Tensor | None:
+    def stack_optional(attr: str) -> Tensor | None:
         values = [getattr(m, attr) for m in leaves]
         return None if values[0] is None else torch.stack([v.detach() for v in values])
 
+    def stack(attr: str) -> Tensor:
+        values = stack_optional(attr)
+        # a weight: Linear and Embedding always have one, a LayerNorm's is checked below
+        assert values is not None, f"{name}.{attr} is None"
+        return values
+
     if type(first) is nn.Linear:
-        return SeedLinear(stack("weight"), stack("bias"))
+        return SeedLinear(stack("weight"), stack_optional("bias"))
     if type(first) is nn.LayerNorm:
         if len(first.normalized_shape) != 1 or first.weight is None:
             raise ValueError(
                 f"stack_models: {name} normalises over {first.normalized_shape}; only a last-dim affine norm stacks"
             )
-        return SeedLayerNorm(stack("weight"), stack("bias"), first.eps)
+        return SeedLayerNorm(stack("weight"), stack_optional("bias"), first.eps)
     if type(first) is nn.Embedding:
         if first.padding_idx is not None or first.max_norm is not None or first.sparse:
             raise ValueError(f"stack_models: {name} uses padding_idx/max_norm/sparse, which do not stack")
@@ -160,7 +168,7 @@ def _stacked_leaf(name: str, leaves: list[nn.Module]) -> nn.Module:
     )
 
 
-def stack_models(models: Sequence[nn.Module], generators: list[torch.Generator] | None = None) -> nn.Module:
+def stack_models(models: Sequence[M], generators: list[torch.Generator] | None = None) -> M:
     """One module running ``models`` (S >= 1 of one architecture) side by side (see the module doc).
 
     ``generators``: one dropout generator per model (None: torch's default generator for every seed, which
@@ -253,6 +261,8 @@ def keep_seeds(stacked: nn.Module, keep: Sequence[int], optimizer: torch.optim.O
             for name, value in list(state.items()):
                 if torch.is_tensor(value) and value.dim() > 0:
                     state[name] = value.index_select(0, i)
+    # the list object stack_models shares with every dropout module: shrunk in place
     gens = next((m.generators for m in stacked.modules() if isinstance(m, Dropout) and m.generators is not None), None)
+    assert gens is None or isinstance(gens, list), "stack_models gives dropout modules a list of generators"
     if gens is not None:
         gens[:] = [gens[k] for k in keep]

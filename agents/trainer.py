@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from flowrl.agents.run_folder import open_run_folder
 from flowrl import atomic, tiny
 from flowrl.errors import DivergedError, InputError
 from flowrl.models.config import JsonConfig
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["TrainConfig", "Trainer", "check_bf16", "fit", "make_optimizer", "pick_device", "prepare", "train"]
 
@@ -179,7 +182,7 @@ class Trainer:
         self.step = 0
         self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_score": [], "eval_return": []}
         self.update_calls = 0
-        self._writer = None
+        self._writer: SummaryWriter | None = None
 
     # ------------------------------------------------------------------ hooks (one process)
     def compute_loss(self, batch) -> torch.Tensor:
@@ -315,7 +318,7 @@ class Trainer:
             results["eval"] = self.agree(self.evaluate)
         if self.run_dir is not None:
             self.save_checkpoint()  # no-op if the last step is already saved; every process calls it
-            self.agree(lambda: (self._write_results(results), self._plot()))
+            self.agree(lambda: self._write_outputs(results))
         return results
 
     def _rollout(self) -> str | None:
@@ -449,6 +452,10 @@ class Trainer:
             }
         )
 
+    def _write_outputs(self, results: dict[str, Any]) -> None:
+        self._write_results(results)
+        self._plot()
+
     def _write_results(self, results: dict[str, Any]) -> None:
         payload = {
             "algo": self.agent.algo,
@@ -457,9 +464,11 @@ class Trainer:
             "dataset": self.config.extra.get("dataset"),
             **results,
         }
+        assert self.run_dir is not None
         atomic.write_json(self.run_dir / "results.json", json_safe(payload))
 
     def _plot(self) -> None:
+        assert self.run_dir is not None
         plot_learning_curve(self.history, self.run_dir / "learning_curve.png")
 
 

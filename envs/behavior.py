@@ -51,6 +51,10 @@ class BehaviorPolicy(nn.Module):
     TD3's stochastic mode adds N(0, ``noise_std``) in the [-1, 1] space and clips, as in its exploration.
     """
 
+    action_low: torch.Tensor
+    action_high: torch.Tensor
+    info: dict[str, Any]  # set by load_behavior: what the sidecar file says
+
     def __init__(
         self,
         obs_dim: int,
@@ -90,6 +94,7 @@ class BehaviorPolicy(nn.Module):
             if deterministic:
                 a = torch.tanh(mu)
             else:
+                assert self.log_std is not None  # built for kind "sac"
                 std = self.log_std(z).clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
                 eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
                 a = torch.tanh(mu + std * eps)

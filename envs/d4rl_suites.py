@@ -131,8 +131,10 @@ def _maze2d(task: str, f: Any, arrays: dict[str, np.ndarray], path: Path):
     obs = np.asarray(arrays["observations"], dtype=np.float64)
     if obs.ndim != 2 or obs.shape[1] != 4:
         raise InputError(f"{path}: a Maze2D file has observations [N, 4] (x, y, vx, vy), got shape {obs.shape}")
-    rows = maze_map(SPECS[task].maze[0], None, None)
-    goal_cell = SPECS[task].maze[1]
+    maze = SPECS[task].maze
+    assert maze is not None and maze[1] is not None, f"{task}: a Maze2D spec names its maze and goal cell"
+    maze_name, goal_cell = maze[0], maze[1]
+    rows = maze_map(maze_name, None, None)
     to_xy = _maze2d_frame(rows)
     pos, vel = to_xy(obs[:, :2]), _quarter_turn(obs[:, 2:4])
     _check_in_maze(pos, rows, task, path, "positions")

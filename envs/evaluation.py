@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from flowrl import atomic, tiny
 from flowrl.errors import InputError, MissingInputError
@@ -349,6 +350,8 @@ def _evaluate(
                 seconds = time.perf_counter() - t0
                 saved = None
                 if record and frames:
+                    # a recording has a video path, and check_workers keeps it to one process (a Runner)
+                    assert video_path is not None and isinstance(runner, Runner)
                     _write_video(video_path, frames, fps=_fps(runner))
                     saved = str(video_path)
                 for g in range(groups):
@@ -397,12 +400,12 @@ def _check_video(video: str | os.PathLike | None, vectorization: str) -> Path | 
 
 
 def _fps(runner: Runner) -> int:
-    env = runner.vec.envs[0] if runner.mode == "sync" else None
+    env = runner.envs[0] if runner.envs else None
     fps = env.metadata.get("render_fps") if env is not None else None
     return int(fps or 30)
 
 
-def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+def _write_video(path: Path, frames: list[ArrayLike], fps: int) -> None:
     import imageio.v2 as imageio
 
     with atomic.atomic_path(path, suffix=path.suffix) as tmp:  # imageio picks the format by extension

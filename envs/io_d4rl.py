@@ -219,7 +219,7 @@ def write_npz(
         raise InputError(f"{path}: an npz dataset file must end in .npz")
     ds = _as_dataset(data)
     attrs = _file_attrs(ds, metadata)
-    arrays = ds.arrays()
+    arrays: dict[str, Any] = ds.arrays()
     _check_target(path, overwrite)
     with atomic.atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a temp name
@@ -235,8 +235,13 @@ def _as_dataset(data: DatasetOrArrays) -> TrajectoryDataset:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise InputError(f"missing required key(s) {', '.join(map(repr, missing))}")
+    observations, actions, rewards, terminals, timeouts = (data[k] for k in REQUIRED_KEYS)
     return TrajectoryDataset.from_arrays(
-        *(data[k] for k in REQUIRED_KEYS),
+        observations,
+        actions,
+        rewards,
+        terminals,
+        timeouts,
         metadata=data.get("metadata"),
         next_observations=data.get("next_observations"),
     )

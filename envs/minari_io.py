@@ -121,6 +121,8 @@ def read_minari_dir(path: str | os.PathLike, metadata: Mapping[str, Any] | None 
         if t == 0 or rows != t + 1:
             raise InputError(f"{data_dir}: episode {i} has {rows} observations for {t} steps (expected steps + 1)")
         if isinstance(o, Mapping):
+            if obs_map is None:  # episode 0's observations are flat arrays
+                raise InputError(f"{data_dir}: episode {i} has dict observations but episode 0 has flat arrays")
             try:
                 o = obs_map.apply_rows(o, t + 1)
             except ValueError as e:
@@ -214,7 +216,7 @@ def _rows(obs: Any) -> int:
 _EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
 
 
-def _read_hdf5_episodes(data_dir: Path) -> list[dict[str, np.ndarray]]:
+def _read_hdf5_episodes(data_dir: Path) -> list[dict[str, Any]]:
     import h5py
 
     file = data_dir / "main_data.hdf5"
@@ -407,11 +409,11 @@ def write_minari_dataset(
         final = ds.observations[ds.episode_starts + ds.episode_lengths - 1]
         meta["final_observation_repeated"] = True
     buffers = []
-    for e, (s, n) in enumerate(zip(ds.episode_starts.tolist(), ds.episode_lengths.tolist())):
+    for k, (s, n) in enumerate(zip(ds.episode_starts.tolist(), ds.episode_lengths.tolist())):
         buffers.append(
             EpisodeBuffer(
-                id=e,
-                observations=np.concatenate([ds.observations[s : s + n], final[e : e + 1]]),
+                id=k,
+                observations=np.concatenate([ds.observations[s : s + n], final[k : k + 1]]),
                 actions=ds.actions[s : s + n],
                 rewards=ds.rewards[s : s + n],
                 terminations=ds.terminals[s : s + n],

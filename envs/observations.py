@@ -123,6 +123,12 @@ class ObservationMap:
             return len(self.indices)
         return self.size
 
+    def leaves(self) -> list[tuple[str, int]]:
+        """(leaf path, flat size) of each dict leaf, in concatenation order; empty for a flat observation."""
+        if self.keys is None or self.key_sizes is None:  # set together (checked in __post_init__)
+            return []
+        return list(zip(self.keys, self.key_sizes))
+
     # ------------------------------------------------------------------ applying
     def flatten_rows(self, obs: Any, rows: int) -> np.ndarray:
         """The flattened full observation of ``rows`` stacked observations: float [rows, size].
@@ -143,7 +149,7 @@ class ObservationMap:
                 f"observations are a flat array but the map expects a dict with keys {', '.join(self.keys)}"
             )
         parts = []
-        for key, n in zip(self.keys, self.key_sizes):
+        for key, n in self.leaves():
             leaf = np.asarray(_lookup(obs, key))
             if leaf.size != rows * n:
                 raise InputError(
@@ -198,7 +204,7 @@ class ObservationMap:
         out: dict[str, Any] = {}
         if self.keys is not None:
             out["observation_keys"] = list(self.keys)
-            out["observation_key_sizes"] = list(self.key_sizes)
+            out["observation_key_sizes"] = [n for _, n in self.leaves()]
         if self.indices is not None:
             out["observation_indices"] = list(self.indices)
         if self.size is not None:
@@ -230,7 +236,7 @@ class ObservationMap:
         """One line for messages and ``flowrl datasets info``."""
         parts = []
         if self.keys is not None:
-            parts.append("dict flattened as " + " + ".join(f"{k}[{n}]" for k, n in zip(self.keys, self.key_sizes)))
+            parts.append("dict flattened as " + " + ".join(f"{k}[{n}]" for k, n in self.leaves()))
         if self.indices is not None:
             of = f" of {self.size}" if self.size is not None else ""
             parts.append(f"{len(self.indices)} dimension(s){of} kept ({_span_text(self.indices)})")
@@ -321,7 +327,7 @@ def check_env_space(obs_map: ObservationMap | None, space: Any, env_id: str = "t
             )
         env_keys, env_sizes = dict_keys(space)
         have = dict(zip(env_keys, env_sizes))
-        for key, n in zip(obs_map.keys, obs_map.key_sizes):
+        for key, n in obs_map.leaves():
             if key not in have:
                 hint = ""
                 if key.split("/")[0] == "desired_goal":
@@ -332,7 +338,7 @@ def check_env_space(obs_map: ObservationMap | None, space: Any, env_id: str = "t
                 )
             if have[key] != n:
                 raise InputError(f"observation key {key!r} has size {n} in the data but {have[key]} in {env_id}")
-        full = sum(obs_map.key_sizes)
+        full = sum(n for _, n in obs_map.leaves())
     if obs_map.size is not None and obs_map.size != full:
         raise InputError(
             f"the data's observations were selected from a vector of size {obs_map.size} but {env_id}'s has "

@@ -19,6 +19,8 @@ from .specs import EnvSpec
 from .success import SuccessTracker
 
 if TYPE_CHECKING:
+    from gymnasium.spaces import Space
+
     from .evaluation import Policy
 
 __all__ = ["Runner"]
@@ -51,9 +53,11 @@ class Runner:
         cls = SyncVectorEnv if mode == "sync" else AsyncVectorEnv
         # Autoreset off: we reset finished environments ourselves, each with its episode's seed.
         self.vec = cls([make] * n, autoreset_mode=AutoresetMode.DISABLED)
+        # "sync": the environments themselves, stepped one by one (only the active ones)
+        self.envs = self.vec.envs if isinstance(self.vec, SyncVectorEnv) else []
         self.mode = mode
         self.n = n
-        self.act_shape = (n, *self.vec.single_action_space.shape)
+        self.act_shape = (n, *_shape(self.vec.single_action_space))
         self.success = SuccessTracker(spec, n, env_kwargs)
 
     def close(self) -> None:
@@ -62,7 +66,7 @@ class Runner:
     def _reset(self, mask: np.ndarray, seeds: list[int | None], obs: np.ndarray) -> None:
         if self.mode == "sync":
             for j in np.flatnonzero(mask):
-                o, _ = self.vec.envs[j].reset(seed=seeds[j])
+                o, _ = self.envs[j].reset(seed=seeds[j])
                 obs[j] = o
         else:
             o, _ = self.vec.reset(seed=seeds, options={"reset_mask": mask})
@@ -74,20 +78,20 @@ class Runner:
         done = np.zeros(self.n, dtype=bool)
         if self.mode == "sync":
             for j in np.flatnonzero(active):
-                o, r, term, trunc, info = self.vec.envs[j].step(actions[j])
+                o, r, term, trunc, info = self.envs[j].step(actions[j])
                 obs[j] = o
                 rewards[j] = r
                 done[j] = term or trunc
-                self.success.update(j, info)
+                self.success.update(int(j), info)
         else:
-            o, r, term, trunc, infos = self.vec.step(actions)
+            o, r, terms, truncs, infos = self.vec.step(actions)
             self.success.update_vector(infos, active)
             obs[active] = o[active]
             rewards[active] = r[active]
-            done[active] = (term | trunc)[active]
+            done[active] = (terms | truncs)[active]
             # Idle environments are stepped too (AsyncVectorEnv steps all); ones that end must be reset
             # before the next step, with any seed since their episodes are not recorded.
-            idle_done = ~active & (term | trunc)
+            idle_done = ~active & (terms | truncs)
             if idle_done.any():
                 self.vec.reset(options={"reset_mask": idle_done})
         return rewards, done
@@ -112,7 +116,7 @@ class Runner:
         success = np.zeros((groups, episodes), dtype=bool)
         episode_of_env = np.arange(n) % per
         next_episode = np.full(groups, per)
-        obs = np.zeros((n, *self.vec.single_observation_space.shape), dtype=np.float64)
+        obs = np.zeros((n, *_shape(self.vec.single_observation_space)), dtype=np.float64)
         all_envs = np.ones(n, dtype=bool)
         self._reset(all_envs, [seed + int(j) for j in episode_of_env], obs)
         self.success.reset(all_envs)
@@ -121,7 +125,7 @@ class Runner:
         ep_return = np.zeros(n, dtype=np.float64)
         ep_length = np.zeros(n, dtype=np.int64)
         last_rewards = np.zeros(n, dtype=np.float32)
-        frames = [self.vec.envs[0].render()] if record else []
+        frames = [self.envs[0].render()] if record else []
         recording = record
 
         while active.any():
@@ -138,7 +142,7 @@ class Runner:
             ep_length[active] += 1
             last_rewards = rewards.astype(np.float32)
             if recording:
-                frames.append(self.vec.envs[0].render())
+                frames.append(self.envs[0].render())
                 recording = not done[0]
             if not done.any():
                 continue
@@ -148,7 +152,7 @@ class Runner:
                 g = group_of_env[j]
                 returns[g, episode_of_env[j]] = ep_return[j]
                 lengths[g, episode_of_env[j]] = ep_length[j]
-                success[g, episode_of_env[j]] = self.success.succeeded(j)
+                success[g, episode_of_env[j]] = self.success.succeeded(int(j))
                 bar.update(1)
                 if next_episode[g] < episodes:
                     episode_of_env[j] = next_episode[g]
@@ -165,3 +169,10 @@ class Runner:
                 last_rewards[restart] = 0.0
                 policy.reset(restart, target)
         return returns, lengths, success if self.success.enabled else None, frames
+
+
+def _shape(space: Space) -> tuple[int, ...]:
+    """The array shape of a (Box) space; the rollout environments' observations are flattened to one."""
+    if space.shape is None:
+        raise TypeError(f"{space} has no array shape")
+    return space.shape

@@ -116,6 +116,8 @@ def collect_tmaze(
         )
     rng = np.random.default_rng(seed)
     env = gym.make(GYM_ID)
+    maze = env.unwrapped
+    assert isinstance(maze, TMazeEnv)
     keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
     parts: dict[str, list] = {k: [] for k in keys}
     with tqdm(total=transitions, desc="collect tmaze", unit="step", disable=not progress) as bar:
@@ -125,7 +127,7 @@ def collect_tmaze(
             arm = info["cue"] if rng.random() < p_correct else -info["cue"]
             done = False
             while not done:
-                a = scripted_actions(obs[None], np.array([arm]), rng, env.unwrapped.length, noise)[0]
+                a = scripted_actions(obs[None], np.array([arm]), rng, maze.length, noise)[0]
                 nxt, r, term, trunc, _ = env.step(a)
                 for k, v in zip(keys, (obs, a, r, term, trunc, nxt)):
                     parts[k].append(v)

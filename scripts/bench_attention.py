@@ -353,11 +353,11 @@ def _make_case(case: dict, method: str):
 
     if not backward:
 
-        def step():
+        def forward_step():
             with torch.no_grad():
                 fn()
 
-        return step
+        return forward_step
 
     def step():
         for x in (q, k, v):
@@ -403,7 +403,7 @@ def _worker(case: dict) -> dict:
         rest = _proc_status()["VmRSS"]
         steps[m]()
         return {m: {"peak_mib": (_proc_status()["VmHWM"] - rest) / 2**20}}
-    times = {m: [] for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(max(repeats.values())):
         for m in methods if r % 2 == 0 else methods[::-1]:  # round-robin, alternating direction
             if r < repeats[m]:

@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 from flowrl.scripts.argtypes import positive_int
 from flowrl.scripts.benchmarking import add_network_arguments, machine_text, set_threads, table
@@ -89,7 +90,14 @@ def run(args) -> int:
         f"{'bf16' if args.bf16 else 'fp32'} training on {device}\n{machine_text(threads)}",
         flush=True,
     )
-    out = {"device": str(device), "threads": threads, "model": _model(args), "train": [], "designs": [], "rollout": []}
+    out: dict[str, Any] = {
+        "device": str(device),
+        "threads": threads,
+        "model": _model(args),
+        "train": [],
+        "designs": [],
+        "rollout": [],
+    }
     for K in args.contexts:
         row = _time_updates(args, K, device)
         if not args.no_memory:
@@ -130,7 +138,7 @@ def _trainer(args, K: int, attention: str, device, design: str | None = None):
     from flowrl.agents.trainer import Trainer
     from flowrl.envs import ContextBatch, TrajectoryDataset
 
-    memory = {} if design is None else {"memory": True, "memory_training": design}
+    memory: dict[str, Any] = {} if design is None else {"memory": True, "memory_training": design}
     context = args.segment if design == "segments" else K
     cfg = DecisionTransformerConfig(
         context=context,

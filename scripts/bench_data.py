@@ -91,7 +91,7 @@ def _make_file(path: Path, n: int) -> Path:
     from flowrl.envs import write_d4rl_hdf5
 
     rng = np.random.default_rng(0)
-    lengths = []
+    lengths: list[int] = []
     while sum(lengths) < n:
         lengths.append(int(rng.integers(100, 1001)))
     lengths[-1] -= sum(lengths) - n
@@ -124,6 +124,7 @@ def _bench_load(rows, path: Path, label: str, repeats: int, *, raw_read: bool):
         ds = load_dataset(str(path))
 
     t = _median_time(load, repeats)
+    assert ds is not None  # loaded at least once
     detail = f"{ds.num_transitions:,} rows, {ds.num_episodes:,} episodes"
     if raw_read:
 
@@ -294,7 +295,8 @@ def _sequential(policy, episodes: int, seed: int, max_steps: int) -> tuple[np.nd
         last, total, steps, done = 0.0, 0.0, 0, False
         while not done:
             action = policy.act(obs[None].astype(np.float32), np.array([last], np.float32))[0]
-            obs, last, term, trunc, _ = env.step(action)
+            obs, reward, term, trunc, _ = env.step(action)
+            last = float(reward)
             total += last
             steps += 1
             done = term or trunc

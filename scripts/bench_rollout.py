@@ -207,11 +207,16 @@ def format_rollout_table(rows: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------- flowrl side
 def _make_policy(variant: str, spec, args):
     from flowrl.agents import load_agent, make_agent
+    from flowrl.agents.config import DecisionTransformerConfig
     from flowrl.envs import make_env
 
     attention = "softmax" if variant == "softmax" else "flow"
     if args.flowrl_checkpoint:
         agent = load_agent(args.flowrl_checkpoint)
+        if not isinstance(agent.config, DecisionTransformerConfig):
+            raise InputError(
+                f"--flowrl-checkpoint is a {agent.algo} agent; the variants roll out Decision Transformers"
+            )
         if agent.config.attention != attention:
             raise InputError(
                 f"--flowrl-checkpoint has {agent.config.attention} attention; variant {variant!r} "

@@ -40,7 +40,7 @@ import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 from flowrl.scripts.argtypes import positive_int
@@ -68,6 +68,9 @@ from flowrl.scripts.score_table import (
 )
 
 from flowrl.errors import InputError
+
+if TYPE_CHECKING:
+    from flowrl.envs import EnvSpec, TrajectoryDataset
 
 HELP = "D4RL-normalized scores: flow-DT, softmax-DT, BC and d3rlpy's DT on the shared datasets, same step budget"
 
@@ -144,13 +147,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Dataset(TypedDict):
+    """One benchmarked dataset: the path as given, its short name, the data and its environment's spec."""
+
+    path: str
+    name: str
+    data: TrajectoryDataset
+    spec: EnvSpec
+
+
 def run(args: argparse.Namespace) -> int:
     from flowrl.envs import get_spec, load_dataset
 
     if args.merge:
         return _merge(args.merge, args.json, args.curves)
     threads = set_threads(args.threads)
-    datasets = []  # first, so that a bad path fails before minutes of making d3rlpy's environment
+    datasets: list[_Dataset] = []  # first, so that a bad path fails before minutes of making d3rlpy's environment
     for path in args.datasets:
         ds = load_dataset(path)
         spec = get_spec(ds.env_name or path)
@@ -264,7 +276,7 @@ def dataset_name(path: str | os.PathLike) -> str:
     return p.stem if p.suffix.lower() in (".hdf5", ".h5", ".npz") else p.name
 
 
-def _peer_run(d: dict, seed: int, run_dir: Path, hdf5: Path, args, threads: int, warmup: int) -> dict:
+def _peer_run(d: _Dataset, seed: int, run_dir: Path, hdf5: Path, args, threads: int, warmup: int) -> dict:
     """Train and evaluate d3rlpy's DT for one (dataset, seed); a failed run is recorded, not raised."""
     from flowrl.envs import normalized_score
     from flowrl.scripts.peers import PeerRunError
@@ -286,7 +298,7 @@ def _bc_config():
     return BCConfig()
 
 
-def _flowrl_runs(algo: str, d: dict, seeds: list[int], run_dir: Path, args, warmup: int) -> list[dict]:
+def _flowrl_runs(algo: str, d: _Dataset, seeds: list[int], run_dir: Path, args, warmup: int) -> list[dict]:
     """Train and evaluate every seed of (dataset, algo) as one seed-batched run; one record per seed (and per
     seed of the staggered re-evaluation when asked for)."""
     from flowrl.agents import TrainConfig

@@ -59,7 +59,7 @@ def run_list(args) -> int:
     if args.known:
         return _run_known()
     cands = local_candidates()
-    rows = []
+    rows: list[list[object]] = []
     names = [("flowrl", n) for n in cands["flowrl"]]
     names += [("minari", n) for n in cands["minari"] if not n.startswith("flowrl/")]
     names += [("d4rl", n) for n in cands["d4rl"]]

@@ -22,6 +22,8 @@ import inspect
 import math
 import string
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +41,7 @@ MODULES = (
 ALPHABET = "\n" + "".join(c for c in string.printable if c not in "\r\x0b\x0c\t\n")
 
 
-def _public(namespace: dict, keep) -> list:
+def _public(namespace: Mapping[str, Any], keep) -> list:
     return [v for k, v in sorted(namespace.items()) if not k.startswith("_") and keep(v)]
 
 
@@ -78,7 +80,7 @@ def evaluate(model: CausalLM, data: torch.Tensor, context: int) -> float:
     n = (len(data) - 1) // context
     x = data[: n * context].view(n, context)
     y = data[1 : n * context + 1].view(n, context)
-    total = 0.0
+    total: torch.Tensor | float = 0.0
     model.eval()
     with torch.no_grad():
         for i in range(0, n, 64):

@@ -134,13 +134,14 @@ def merge_results(results: list[dict], names: list[str]) -> dict:
             a, b = (("bf16" if r.get("bf16") else "fp32") for r in (flowrl_files[0][0], res))
             raise InputError(f"--merge: flowrl ran in {a} in {flowrl_files[0][1]} but in {b} in {name}")
     seen: dict[tuple, str] = {}
-    runs, datasets = [], {}
+    runs: list[dict[str, Any]] = []
+    datasets: dict[str, dict[str, Any]] = {}
     for res, name in zip(results, names):
         for r in res["runs"]:
-            key = (r["dataset"], r["algo"], r["seed"])
-            if key in seen:
-                raise InputError(f"--merge: {key[0]} {key[1]} seed {key[2]} is in both {seen[key]} and {name}")
-            seen[key] = name
+            run = (r["dataset"], r["algo"], r["seed"])
+            if run in seen:
+                raise InputError(f"--merge: {run[0]} {run[1]} seed {run[2]} is in both {seen[run]} and {name}")
+            seen[run] = name
             runs.append(r)
         for d in res.get("datasets", []):
             datasets.setdefault(d["name"], d)

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import TypedDict
 
 from flowrl.errors import InputError
 from flowrl.ops import trusted_cache
@@ -50,7 +51,14 @@ _ARCH_FLAGS = ["-march=native"]  # dropped if the compiler refuses it
 _OPENMP_FLAGS = ["-fopenmp"]  # likewise (then row chunks run on std::threads)
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}  # "lib": CDLL, or "error": str (cached per process)
+
+
+class _State(TypedDict, total=False):
+    lib: ctypes.CDLL
+    error: str
+
+
+_state: _State = {}  # "lib": CDLL, or "error": str (cached per process)
 
 
 class NativeBuildError(RuntimeError):
@@ -223,7 +231,7 @@ def library() -> ctypes.CDLL | None:
                     )
     if "error" in _state and mode == "1":
         raise NativeBuildError(f"FLOWRL_NATIVE=1 but the native kernel is unavailable: {_state['error']}")
-    return _state.get("lib")  # type: ignore[return-value]
+    return _state.get("lib")
 
 
 def available() -> bool:
@@ -271,4 +279,5 @@ def _selftest_throw(kind: str, threads: int, use_std_threads: bool) -> None:
 def _reset_for_tests() -> None:
     """Forget the loaded library/error of this process (tests switch FLOWRL_NATIVE and the cache)."""
     with _lock:
-        _state.clear()
+        _state.pop("lib", None)
+        _state.pop("error", None)

@@ -234,15 +234,15 @@ def _make_env(env_id: str, full_length: bool, max_episode_steps: int | None = No
     """A gymnasium env wrapped to record episode returns; ``full_length`` turns off early termination."""
     import gymnasium
 
-    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+    limit = max_episode_steps or None  # None: the registered limit
     env = None
     if full_length:
         try:  # MuJoCo locomotion tasks that end on "unhealthy" states take this keyword
-            env = gymnasium.make(env_id, terminate_when_unhealthy=False, **kwargs)
+            env = gymnasium.make(env_id, max_episode_steps=limit, terminate_when_unhealthy=False)
         except TypeError:
             env = None
     if env is None:
-        env = gymnasium.make(env_id, **kwargs)
+        env = gymnasium.make(env_id, max_episode_steps=limit)
     return gymnasium.wrappers.RecordEpisodeStatistics(env, buffer_length=10**6)
 
 

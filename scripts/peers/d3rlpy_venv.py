@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 __all__ = [
@@ -69,10 +69,10 @@ def _stderr(msg: str) -> None:
     print(f"flowrl peers: {msg}", file=sys.stderr, flush=True)
 
 
-def d3rlpy_venv_dir(environ: dict[str, str] | None = None) -> Path:
+def d3rlpy_venv_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where d3rlpy's environment lives: ``$FLOWRL_PEERS_DIR/d3rlpy-<v>`` or ``~/.cache/flowrl/peers/...``."""
-    environ = os.environ if environ is None else environ
-    root = environ.get(ENV_VAR) or str(Path("~/.cache/flowrl/peers").expanduser())
+    env = os.environ if environ is None else environ
+    root = env.get(ENV_VAR) or str(Path("~/.cache/flowrl/peers").expanduser())
     return Path(root).expanduser().absolute() / f"d3rlpy-{D3RLPY_VERSION}"
 
 

@@ -299,6 +299,19 @@ def test_corrupt_minari_named(make_data):
         load_dataset(str(path))
 
 
+def test_minari_dict_observations_after_flat_ones_named(make_data):
+    """The observation layout comes from episode 0: a later episode stored as a dict is refused in one line."""
+    path = write_minari_dataset("test/x/mixed-v0", **make_data(), env_id=None, metadata={})
+    with h5py.File(path / "data" / "main_data.hdf5", "r+") as f:
+        episodes = sorted((k for k in f if k.startswith("episode_")), key=lambda k: int(k[8:]))
+        assert len(episodes) >= 2
+        flat = f[f"{episodes[1]}/observations"][()]
+        del f[f"{episodes[1]}/observations"]
+        f.create_group(f"{episodes[1]}/observations").create_dataset("observation", data=flat)
+    with pytest.raises(ValueError, match=r"episode 1 has dict observations but episode 0 has flat arrays"):
+        load_dataset("test/x/mixed-v0")
+
+
 def test_writers_refuse_to_overwrite(tmp_path, make_data):
     a = make_data()
     p = write_npz(tmp_path / "a.npz", a)

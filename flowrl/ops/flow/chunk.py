@@ -75,6 +75,7 @@ def chunk_cumsum(x: Tensor, dim: int, *, reverse: bool = False) -> tuple[Tensor,
             nxt = carry + cur
             cur.copy_(carry)
             carry = nxt
+    assert carry is not None  # n >= 1 here: an empty dim has no elements, so it takes the cumsum path above
     return x, carry
 
 

@@ -98,6 +98,7 @@ def causal_scan(q, k, v, eps, clamp, state: FlowState | None, return_state: bool
     y = y * allocation[..., None]
     new_state = None
     if return_state:
+        assert state is not None  # made above when none was passed
         new_state = FlowState(
             state.t + L,
             k_sum[:, :, -1],

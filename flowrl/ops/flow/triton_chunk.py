@@ -318,7 +318,7 @@ def _autograd_enabled():
 def causal_backward(gy, Q, K, V, eps, clamp, chunk, value_dtype=None) -> tuple[Tensor, Tensor, Tensor]:
     """(gQ, gK, gV) in the inputs' dtypes: the forward recomputed with autograd, then its gradient."""
     with _autograd_enabled():
-        leaves = [x.detach().requires_grad_(True) for x in (Q, K, V)]
-        y = _flow(*leaves, eps, clamp, chunk, value_dtype)
-        grads = torch.autograd.grad(y, leaves, gy.to(y.dtype))
-    return tuple(g.to(x.dtype).contiguous() for g, x in zip(grads, (Q, K, V)))
+        q, k, v = (x.detach().requires_grad_(True) for x in (Q, K, V))
+        y = _flow(q, k, v, eps, clamp, chunk, value_dtype)
+        gq, gk, gv = torch.autograd.grad(y, (q, k, v), gy.to(y.dtype))
+    return gq.to(Q.dtype).contiguous(), gk.to(K.dtype).contiguous(), gv.to(V.dtype).contiguous()
