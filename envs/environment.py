@@ -50,10 +50,35 @@ def make_env(
 def _make(gym_id: str, **kwargs: Any):
     import gymnasium
 
+    _mujoco_warnings_once()
     with _env_errors(gym_id):
         if needs_robotics(gym_id):  # registered on demand; Kitchen with flowrl's fix (see flowrl.envs.robotics)
             return make_robotics_env(gym_id, **kwargs)
         return gymnasium.make(gym_id, **kwargs)
+
+
+def _mujoco_warnings_once() -> None:
+    """Route MuJoCo's warnings through Python's :mod:`warnings` (a ``RuntimeWarning`` naming MuJoCo), so that
+    a warning its model compiler gives for every environment made (HalfCheetah-v5's ``settotalmass`` under
+    mujoco 4, say) is shown once per process, as Python shows a repeated warning, instead of once per
+    environment, and ``-W`` / :func:`warnings.filterwarnings` can silence it. A handler the user installed
+    (``mujoco.set_mju_user_warning``) is left in place."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_warn_from_mujoco)
+
+
+def _warn_from_mujoco(message: str) -> None:
+    import sys
+    import warnings
+
+    try:
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+    except Exception:  # a filter made it an error: an exception must not cross MuJoCo's C code (it aborts)
+        print(f"MuJoCo warning: {message}", file=sys.stderr)
 
 
 def check_env_id(gym_id: str) -> None:
