@@ -328,9 +328,9 @@ class SeedTrainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
                 self._stop_diverged()
                 self.evaluate()
-            if self.step % cfg.checkpoint_every == 0 or last:
+            if (self.step % cfg.checkpoint_every == 0 or last) and not (last and cfg.eval_episodes > 0):
                 self._stop_diverged()
-                self.save_checkpoint()
+                self.save_checkpoint()  # the last step's after the final evaluation, below
         if bar is not None:
             bar.close()
         self._stop_diverged()
@@ -349,10 +349,12 @@ class SeedTrainer:
                 },
                 "history": h,
             }
-        if cfg.eval_episodes > 0:
-            for seed, ev in self.evaluate().items():
-                per_seed[seed]["eval"] = ev
-        self.save_checkpoint()  # no-op where the last step is saved already
+        try:
+            if cfg.eval_episodes > 0:
+                for seed, ev in self.evaluate().items():
+                    per_seed[seed]["eval"] = ev
+        finally:  # the last step's checkpoints hold the final evaluation in their history (written if it fails)
+            self.save_checkpoint()  # no-op where the last step is saved already
         for k in self.live:
             view = self.views[k]
             if view.run_dir is not None:

@@ -267,6 +267,7 @@ class Trainer:
         window_norm = torch.zeros((), device=self.device)
         window_n, checked = 0, self.step
         results: dict[str, Any] = {}
+        final_eval = cfg.eval_episodes > 0
         while self.step < cfg.steps:
             loss, norm = self.update(self.sampler.sample(self.batch_size))
             self.step += 1
@@ -302,7 +303,7 @@ class Trainer:
                 bar.update(1)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
                 self.agree(self.evaluate)
-            if checkpoint_now:
+            if checkpoint_now and not (last and final_eval):  # then after the final evaluation, below
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
@@ -314,10 +315,12 @@ class Trainer:
             "steps_per_s": (self.step - s0) / elapsed if elapsed > 0 else None,
             "final_loss": self.history["loss"][-1] if self.history["loss"] else None,
         }
-        if cfg.eval_episodes > 0:
-            results["eval"] = self.agree(self.evaluate)
-        if self.run_dir is not None:
+        try:
+            if final_eval:
+                results["eval"] = self.agree(self.evaluate)
+        finally:  # the last step's checkpoint holds the final evaluation in its history (and is written if it fails)
             self.save_checkpoint()  # no-op if the last step is already saved; every process calls it
+        if self.run_dir is not None:
             self.agree(lambda: self._write_outputs(results))
         return results
 

@@ -19,6 +19,7 @@ from flowrl.agents import (
     preset,
 )
 from flowrl.agents.agent import WEIGHTS_KEY
+from flowrl.agents.checkpoints import read_latest
 from flowrl.agents.config import config_from_dict
 
 from flowrl.errors import InputError
@@ -148,6 +149,9 @@ def test_run_folder_contents(tmp_path):
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
     assert ckpts == ["step_00000002", "step_00000004"]
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    # the last checkpoint holds the final evaluation, so a resumed run's history and curve keep it
+    _, state = read_latest(tmp_path / "run" / "checkpoints")
+    assert state["history"]["eval_step"] == [4]
 
 
 # ---------------------------------------------------------------------------- the DT model itself

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flowrl.agents import BCConfig, DecisionTransformerConfig, TrainConfig, fit, load_agent, make_agent, seed_training
+from flowrl.agents.checkpoints import read_latest
 from flowrl.agents.seed_policy import SeedBCPolicy, SeedDTPolicy, SplitPolicy
 from flowrl.agents.seed_training import fit_seeds, read_seeds_file, seed_dir
 from flowrl.agents.stacking import keep_seeds, load_seed_state_dicts, seed_state_dict, stack_models
@@ -319,6 +320,8 @@ def test_run_folder_has_every_seed_as_a_run_and_the_summary(tmp_path):
         assert load_agent(folder).config == dataclasses.replace(CONFIGS["flow"], reward_scale=1e-3)
         hist = out["per_seed"][seed]["history"]
         assert hist["eval_step"] == [3, 6] and hist["step"] == [3, 6]
+        _, state = read_latest(folder / "checkpoints")  # the final evaluation is in the last checkpoint
+        assert state["history"]["eval_step"] == [3, 6]
 
 
 def test_bad_seed_input_is_refused_before_anything_is_written(tiny_data, tmp_path, monkeypatch):
