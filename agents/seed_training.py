@@ -296,6 +296,7 @@ class SeedTrainer:
         window_loss = torch.zeros(len(self.live), device=self.device)
         window_norm = torch.zeros(len(self.live), device=self.device)
         window_n = 0
+        final_eval = cfg.eval_episodes > 0
         while self.step < cfg.steps:
             losses, norms = self.update(self.sample())
             self.step += 1
@@ -328,9 +329,9 @@ class SeedTrainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
                 self._stop_diverged()
                 self.evaluate()
-            if (self.step % cfg.checkpoint_every == 0 or last) and not (last and cfg.eval_episodes > 0):
+            if (self.step % cfg.checkpoint_every == 0 or last) and not (last and final_eval):
                 self._stop_diverged()
-                self.save_checkpoint()  # the last step's after the final evaluation, below
+                self.save_checkpoint()  # with a final evaluation, the last step's is written after it, below
         if bar is not None:
             bar.close()
         self._stop_diverged()
@@ -350,7 +351,7 @@ class SeedTrainer:
                 "history": h,
             }
         try:
-            if cfg.eval_episodes > 0:
+            if final_eval:
                 for seed, ev in self.evaluate().items():
                     per_seed[seed]["eval"] = ev
         finally:  # the last step's checkpoints hold the final evaluation in their history (written if it fails)
