@@ -18,55 +18,67 @@
 
 namespace flowrl_native {
 
-// y[i, n0:n0+NB] (+)= x[i, :] @ wt[:, n0:n0+NB] + b for MB rows, accumulators in registers.
+// y[i, n0:n0+NB] (+)= x[i, :] @ wt[:, n0:n0+NB] + b for MB rows, accumulators in registers. Row strides:
+// lx for x, lw for wt, ly for y.
 template <typename T, int MB, int NB>
-inline void tile(const T* __restrict x, int K, const T* __restrict wt, int N, const T* __restrict b,
-                 T* __restrict y, bool accumulate) {
+inline void tile(const T* __restrict x, int K, int lx, const T* __restrict wt, int lw, const T* __restrict b,
+                 T* __restrict y, int ly, bool accumulate) {
   T acc[MB][NB];
   for (int i = 0; i < MB; i++)
-    for (int j = 0; j < NB; j++) acc[i][j] = (accumulate ? y[i * N + j] : T(0)) + (b ? b[j] : T(0));
+    for (int j = 0; j < NB; j++) acc[i][j] = (accumulate ? y[(size_t)i * ly + j] : T(0)) + (b ? b[j] : T(0));
   for (int k = 0; k < K; k++) {
-    const T* w = wt + (size_t)k * N;
+    const T* w = wt + (size_t)k * lw;
     for (int i = 0; i < MB; i++) {
-      const T a = x[(size_t)i * K + k];
+      const T a = x[(size_t)i * lx + k];
       for (int j = 0; j < NB; j++) acc[i][j] += a * w[j];
     }
   }
   for (int i = 0; i < MB; i++)
-    for (int j = 0; j < NB; j++) y[i * N + j] = acc[i][j];
+    for (int j = 0; j < NB; j++) y[(size_t)i * ly + j] = acc[i][j];
 }
 
 // columns n0 .. n0+NB of every row, in blocks of 6 rows
 template <typename T, int NB>
-void panel(const T* x, int M, int K, const T* wt, int N, const T* b, T* y, int n0, bool accumulate) {
+void panel(const T* x, int M, int K, int lx, const T* wt, int lw, const T* b, T* y, int ly, int n0,
+           bool accumulate) {
   const T* bb = b ? b + n0 : nullptr;
+  const T* w = wt + n0;
   int m = 0;
-  for (; m + 6 <= M; m += 6) tile<T, 6, NB>(x + (size_t)m * K, K, wt + n0, N, bb, y + (size_t)m * N + n0, accumulate);
-  const T* xm = x + (size_t)m * K;
-  T* ym = y + (size_t)m * N + n0;
+  for (; m + 6 <= M; m += 6)
+    tile<T, 6, NB>(x + (size_t)m * lx, K, lx, w, lw, bb, y + (size_t)m * ly + n0, ly, accumulate);
+  const T* xm = x + (size_t)m * lx;
+  T* ym = y + (size_t)m * ly + n0;
   switch (M - m) {
-    case 5: tile<T, 5, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
-    case 4: tile<T, 4, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
-    case 3: tile<T, 3, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
-    case 2: tile<T, 2, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
-    case 1: tile<T, 1, NB>(xm, K, wt + n0, N, bb, ym, accumulate); break;
+    case 5: tile<T, 5, NB>(xm, K, lx, w, lw, bb, ym, ly, accumulate); break;
+    case 4: tile<T, 4, NB>(xm, K, lx, w, lw, bb, ym, ly, accumulate); break;
+    case 3: tile<T, 3, NB>(xm, K, lx, w, lw, bb, ym, ly, accumulate); break;
+    case 2: tile<T, 2, NB>(xm, K, lx, w, lw, bb, ym, ly, accumulate); break;
+    case 1: tile<T, 1, NB>(xm, K, lx, w, lw, bb, ym, ly, accumulate); break;
     default: break;
   }
 }
 
-// y [M, N] (+)= x [M, K] @ wt [K, N] + b
+// y [M, N] (+)= x [M, K] @ wt [K, N] + b, with row strides lx, lw, ly (0: dense, K, N and N). Columns go in
+// panels of two 64-byte vectors, then one, then one 32-byte vector; a product whose N is a multiple of
+// 64 / sizeof(T) never reaches the scalar tail (callers pad N to that with zero columns where it pays).
 template <typename T>
-void gemm(const T* x, int M, int K, const T* wt, int N, const T* b, T* y, bool accumulate) {
-  constexpr int NB = 128 / sizeof(T);  // two 64-byte vectors per accumulator row
-  constexpr int NS = 32 / sizeof(T);   // tails: a 32-byte vector
+void gemm(const T* x, int M, int K, const T* wt, int N, const T* b, T* y, bool accumulate, int lx = 0, int lw = 0,
+          int ly = 0) {
+  lx = lx ? lx : K;
+  lw = lw ? lw : N;
+  ly = ly ? ly : N;
+  constexpr int NB = 128 / sizeof(T);
+  constexpr int NV = 64 / sizeof(T);
+  constexpr int NS = 32 / sizeof(T);
   int n = 0;
-  for (; n + NB <= N; n += NB) panel<T, NB>(x, M, K, wt, N, b, y, n, accumulate);
-  for (; n + NS <= N; n += NS) panel<T, NS>(x, M, K, wt, N, b, y, n, accumulate);
+  for (; n + NB <= N; n += NB) panel<T, NB>(x, M, K, lx, wt, lw, b, y, ly, n, accumulate);
+  for (; n + NV <= N; n += NV) panel<T, NV>(x, M, K, lx, wt, lw, b, y, ly, n, accumulate);
+  for (; n + NS <= N; n += NS) panel<T, NS>(x, M, K, lx, wt, lw, b, y, ly, n, accumulate);
   for (; n < N; n++)
     for (int m = 0; m < M; m++) {
-      T s = (accumulate ? y[(size_t)m * N + n] : T(0)) + (b ? b[n] : T(0));
-      for (int k = 0; k < K; k++) s += x[(size_t)m * K + k] * wt[(size_t)k * N + n];
-      y[(size_t)m * N + n] = s;
+      T s = (accumulate ? y[(size_t)m * ly + n] : T(0)) + (b ? b[n] : T(0));
+      for (int k = 0; k < K; k++) s += x[(size_t)m * lx + k] * wt[(size_t)k * lw + n];
+      y[(size_t)m * ly + n] = s;
     }
 }
 

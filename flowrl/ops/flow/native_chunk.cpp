@@ -26,6 +26,14 @@ struct Strides {  // element strides of a [B, H, L, ·] tensor whose last dimens
   int64_t b, h, l;
 };
 
+// n rounded up to whole 64-byte vectors of W: the column count of the chunk's n×n score matrices, so that
+// every product writing them runs in full vector panels (the zero columns cost less than scalar tails).
+template <typename W>
+int padded(int n) {
+  constexpr int V = 64 / sizeof(W);
+  return (n + V - 1) / V * V;
+}
+
 template <typename W>
 struct Work {
   std::vector<W> q, k, v, vp, h, gh, gvp, gq, gk;  // [L, D] or [L, M]
@@ -39,8 +47,9 @@ struct Work {
     for (auto* x : {&v, &vp, &h}) x->resize(LM);
     for (auto* x : {&dI, &dO, &I, &O, &A, &w, &e, &Z, &C, &keep, &gw}) x->resize(L);
     KV.resize((size_t)D * M);
-    S.resize((size_t)Cc * Cc);
-    const size_t wide = (size_t)std::max({D, M, Cc}) * std::max({D, M, Cc});
+    const int Cp = padded<W>(Cc);
+    S.resize((size_t)Cc * Cp);
+    const size_t wide = (size_t)std::max({D, M, Cp}) * std::max({D, M, Cp});
     T1.resize(wide);
     T2.resize(wide);
     if (backward) {
@@ -48,20 +57,26 @@ struct Work {
       for (auto* x : {&gh, &gvp}) x->resize(LM);
       KV0.resize((size_t)N * D * M);
       dKV.resize((size_t)D * M);
-      G.resize((size_t)Cc * Cc);
+      G.resize((size_t)Cc * Cp);
     }
   }
 };
 
+// dst [cols, ld] = src [rows, cols]ᵀ, src rows ls apart (0: cols); dst columns rows .. ld-1 are zeroed.
 template <typename W>
-void transpose(const W* src, int rows, int cols, W* dst) {  // dst [cols, rows] = src [rows, cols]ᵀ
-  for (int r = 0; r < rows; r++)
-    for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+void transpose(const W* src, int rows, int cols, W* dst, int ld = 0, int ls = 0) {
+  ld = ld ? ld : rows;
+  ls = ls ? ls : cols;
+  for (int c = 0; c < cols; c++) {
+    W* d = dst + (size_t)c * ld;
+    for (int r = 0; r < rows; r++) d[r] = src[(size_t)r * ls + c];
+    std::fill(d + rows, d + ld, W(0));
+  }
 }
 
 template <typename W>
-void lower(W* S, int n) {  // keep j <= i
-  for (int i = 0; i < n; i++) std::fill(S + (size_t)i * n + i + 1, S + (size_t)(i + 1) * n, W(0));
+void lower(W* S, int n, int ld) {  // keep j <= i in the n rows of S (row stride ld), zero the rest of each row
+  for (int i = 0; i < n; i++) std::fill(S + (size_t)i * ld + i + 1, S + (size_t)(i + 1) * ld, W(0));
 }
 
 template <typename T>
@@ -117,18 +132,18 @@ template <typename W>
 void values(Work<W>& ws, int L, int D, int M, int Cc, bool keep) {
   std::fill(ws.KV.begin(), ws.KV.end(), W(0));
   for (int r0 = 0, c = 0; r0 < L; r0 += Cc, c++) {
-    const int n = std::min(Cc, L - r0);
+    const int n = std::min(Cc, L - r0), np = padded<W>(n);
     const W* q = ws.q.data() + (size_t)r0 * D;
     const W* k = ws.k.data() + (size_t)r0 * D;
     const W* vp = ws.vp.data() + (size_t)r0 * M;
     W* h = ws.h.data() + (size_t)r0 * M;
-    transpose(k, n, D, ws.T1.data());  // kᵀ [D, n]
-    gemm<W>(q, n, D, ws.T1.data(), n, nullptr, ws.S.data(), false);
-    lower(ws.S.data(), n);
-    gemm<W>(ws.S.data(), n, n, vp, M, nullptr, h, false);
+    transpose(k, n, D, ws.T1.data(), np);  // kᵀ [D, np]
+    gemm<W>(q, n, D, ws.T1.data(), np, nullptr, ws.S.data(), false);  // S [n, np]
+    lower(ws.S.data(), n, np);
+    gemm<W>(ws.S.data(), n, n, vp, M, nullptr, h, false, np);
     if (keep) std::memcpy(ws.KV0.data() + (size_t)c * D * M, ws.KV.data(), sizeof(W) * D * M);
     if (r0 > 0) gemm<W>(q, n, D, ws.KV.data(), M, nullptr, h, true);
-    if (r0 + n < L) gemm<W>(ws.T1.data(), D, n, vp, M, nullptr, ws.KV.data(), true);
+    if (r0 + n < L) gemm<W>(ws.T1.data(), D, n, vp, M, nullptr, ws.KV.data(), true, np);
   }
 }
 
@@ -169,7 +184,7 @@ void backward_task(const T* GY, const T* Q, const T* K, const T* V, Strides gs, 
   std::fill(ws.dKV.begin(), ws.dKV.end(), W(0));
   const int N = (L + Cc - 1) / Cc;
   for (int c = N - 1; c >= 0; c--) {
-    const int r0 = c * Cc, n = std::min(Cc, L - r0);
+    const int r0 = c * Cc, n = std::min(Cc, L - r0), np = padded<W>(n);
     const W* q = ws.q.data() + (size_t)r0 * D;
     const W* k = ws.k.data() + (size_t)r0 * D;
     const W* vp = ws.vp.data() + (size_t)r0 * M;
@@ -178,16 +193,16 @@ void backward_task(const T* GY, const T* Q, const T* K, const T* V, Strides gs, 
     W* gq = ws.gq.data() + (size_t)r0 * D;
     W* gk = ws.gk.data() + (size_t)r0 * D;
     W *S = ws.S.data(), *G = ws.G.data(), *T1 = ws.T1.data(), *T2 = ws.T2.data();
-    transpose(k, n, D, T1);
-    gemm<W>(q, n, D, T1, n, nullptr, S, false);  // S = q kᵀ
-    lower(S, n);
-    transpose(vp, n, M, T1);
-    gemm<W>(gh, n, M, T1, n, nullptr, G, false);  // G = gh v′ᵀ
-    lower(G, n);
-    transpose(S, n, n, T1);
+    transpose(k, n, D, T1, np);
+    gemm<W>(q, n, D, T1, np, nullptr, S, false);  // S = q kᵀ, [n, np]
+    lower(S, n, np);
+    transpose(vp, n, M, T1, np);
+    gemm<W>(gh, n, M, T1, np, nullptr, G, false);  // G = gh v′ᵀ, [n, np]
+    lower(G, n, np);
+    transpose(S, n, n, T1, n, np);
     gemm<W>(T1, n, n, gh, M, nullptr, gvp, false);  // gv′ = tril(S)ᵀ gh (+ k dKV)
-    gemm<W>(G, n, n, k, D, nullptr, gq, false);     // gq = tril(G) k (+ gh KV⁰ᵀ)
-    transpose(G, n, n, T2);
+    gemm<W>(G, n, n, k, D, nullptr, gq, false, np);  // gq = tril(G) k (+ gh KV⁰ᵀ)
+    transpose(G, n, n, T2, n, np);
     gemm<W>(T2, n, n, q, D, nullptr, gk, false);  // gk = tril(G)ᵀ q (+ v′ dKVᵀ)
     if (c < N - 1) {
       gemm<W>(k, n, D, ws.dKV.data(), M, nullptr, gvp, true);
@@ -228,24 +243,28 @@ void backward_task(const T* GY, const T* Q, const T* K, const T* V, Strides gs, 
     const W* R = ws.R.data() + (size_t)t * D;
     const W* Kc = ws.Kc.data() + (size_t)t * D;
     const W* Qc = ws.Qc.data() + (size_t)t * D;
-    W gO = 0, gI = 0;
+    W *__restrict gp = GP.data(), *__restrict gr = GR.data(), *__restrict gkc = GKc.data(),
+                  *__restrict gqc = GQc.data(), *__restrict ua = ws.T1.data(), *__restrict ub = ws.T2.data();
+#pragma GCC ivdep
     for (int d = 0; d < D; d++) {
-      GP[d] += alpha * (q[d] + eps);
-      GR[d] += beta * (k[d] + eps);
-      gO += GP[d] * k[d];
-      gI += GR[d] * q[d];
+      gp[d] += alpha * (q[d] + eps);
+      gr[d] += beta * (k[d] + eps);
     }
+    const W gO = dot(gp, k, D), gI = dot(gr, q, D);
     const W gdI = -(gw * w + gI * I) / dI, gdO = -gO * O / dO;
+#pragma GCC ivdep
+    for (int d = 0; d < D; d++) {  // the input gradients before σ′, in the work type (vectorized)
+      gkc[d] += gdI * (q[d] + eps);
+      gqc[d] += gdO * (k[d] + eps);
+      const W a = gq[d] + alpha * (P[d] + eps) + I * gr[d] + gdI * (Kc[d] + eps) + gqc[d];
+      const W b = gk[d] + beta * (R[d] + eps) + O * gp[d] + gdO * (Qc[d] + eps) + gkc[d];
+      ua[d] = a * q[d] * (W(1) - q[d]);
+      ub[d] = b * k[d] * (W(1) - k[d]);
+    }
     T* gQt = gQ + (size_t)t * D;
     T* gKt = gK + (size_t)t * D;
-    for (int d = 0; d < D; d++) {
-      GKc[d] += gdI * (q[d] + eps);
-      GQc[d] += gdO * (k[d] + eps);
-      const W a = gq[d] + alpha * (P[d] + eps) + I * GR[d] + gdI * (Kc[d] + eps) + GQc[d];
-      const W b = gk[d] + beta * (R[d] + eps) + O * GP[d] + gdO * (Qc[d] + eps) + GKc[d];
-      gQt[d] = Io<T>::store(a * q[d] * (W(1) - q[d]));
-      gKt[d] = Io<T>::store(b * k[d] * (W(1) - k[d]));
-    }
+    for (int d = 0; d < D; d++) gQt[d] = Io<T>::store(ua[d]);
+    for (int d = 0; d < D; d++) gKt[d] = Io<T>::store(ub[d]);
   }
 }
 
