@@ -323,7 +323,12 @@ class DTAgent(Agent):
         cfg = self.config
         if not cfg.memory:
             return ContextSampler(
-                dataset, cfg.context, reward_scale=self.reward_scale, seed=seed, normalize_states=cfg.normalize_states
+                dataset,
+                cfg.context,
+                reward_scale=self.reward_scale,
+                seed=seed,
+                normalize_states=cfg.normalize_states,
+                anchor=cfg.window_sampling,
             )
         longest, limit = int(dataset.episode_lengths.max()), cfg.time_limit
         if limit is not None and longest > limit:

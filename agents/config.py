@@ -87,6 +87,12 @@ class DecisionTransformerConfig(_OptimFields, JsonConfig):
     """Memory models: "episodes" (whole episodes up to `context` steps, gradient through all of them) or
     "segments" (`context`-step segments, each starting from the exact state of the episode before it,
     computed without gradient)."""
+    window_sampling: str = "start"
+    """How training windows are drawn (models without memory): "start" (the Decision Transformer paper's:
+    a start step uniform within an episode drawn in proportion to its length; a window that reaches the
+    episode's end is cut there) or "end" (d3rlpy's: an end step uniform over all transitions; a window that
+    reaches back past the episode's start is cut there, so the first K-1 steps of an episode are trained
+    with all the history a rollout has at them)."""
     reward_scale: float | None = None
     """Returns-to-go are multiplied by this before entering the model; unset: the dataset environment's
     value (EnvSpec.reward_scale: 1e-3 for MuJoCo locomotion and Adroit, 1e-2 for PointMaze, 1 for AntMaze,
@@ -117,6 +123,11 @@ class DecisionTransformerConfig(_OptimFields, JsonConfig):
             name,
             self.timestep_embedding in ("table", "none"),
             f"unknown timestep_embedding {self.timestep_embedding!r}; use table|none",
+        )
+        _require(
+            name,
+            self.window_sampling in ("start", "end"),
+            f"unknown window_sampling {self.window_sampling!r}; use start|end",
         )
         _require(
             name,

@@ -39,9 +39,11 @@ class ContextBatch(NamedTuple):
 
 
 class ContextSampler:
-    """Random K-step windows as in the Decision Transformer: an episode is drawn with probability
-    proportional to its length, then a start step uniformly in ``[0, len - 1]``; a window that runs past
-    the episode end is truncated there and right-padded.
+    """Random K-step windows. ``anchor="start"`` (the Decision Transformer paper's): an episode is drawn
+    with probability proportional to its length, then a start step uniformly in ``[0, len - 1]``; a window
+    that runs past the episode end is truncated there. ``anchor="end"`` (d3rlpy's): an end step uniform over
+    all transitions, the window the K steps up to it, truncated at the episode start, so an early step is
+    seen with exactly the history a rollout has at it. Short windows are right-padded either way.
 
     Args:
         dataset: the trajectories.
@@ -49,6 +51,7 @@ class ContextSampler:
         reward_scale: multiplies returns-to-go (e.g. 1e-3 for MuJoCo, as in the DT paper).
         seed: seeds a ``numpy.random.Generator``; the same seed gives the same batches.
         normalize_states: subtract ``dataset.state_mean`` and divide by ``dataset.state_std``.
+        anchor: "start" or "end", which end of the window is drawn uniformly.
 
     Memory: nothing per window is stored; one batch costs B·K rows of each field.
     """
@@ -61,15 +64,19 @@ class ContextSampler:
         reward_scale: float,
         seed: int,
         normalize_states: bool = True,
+        anchor: str = "start",
     ) -> None:
         if int(context) < 1:
             raise InputError(f"context must be >= 1, got {context}")
+        if anchor not in ("start", "end"):
+            raise InputError(f"window anchor must be 'start' or 'end', got {anchor!r}")
         if not np.isfinite(reward_scale):
             raise InputError(f"reward_scale must be finite, got {reward_scale}")
         self.dataset = dataset
         self.context = int(context)
         self.reward_scale = float(reward_scale)
         self.normalize_states = normalize_states
+        self.anchor = anchor
         self.rng = np.random.default_rng(seed)
         self._offsets = np.arange(self.context, dtype=np.int64)
 
@@ -80,6 +87,10 @@ class ContextSampler:
         # choice without building a probability table.
         rows = self.rng.integers(0, ds.num_transitions, size=int(batch_size))
         episodes = np.searchsorted(ds.episode_starts, rows, side="right") - 1
+        if self.anchor == "end":  # the drawn row is the window's last step
+            last = rows - ds.episode_starts[episodes]
+            starts = np.maximum(last - (self.context - 1), 0)
+            return self._gather(episodes, starts, last + 1)
         starts = self.rng.integers(0, ds.episode_lengths[episodes])
         return self._gather(episodes, starts)
 
@@ -100,9 +111,11 @@ class ContextSampler:
             raise ValueError("start index out of range [0, episode length)")
         return self._gather(ep, st)
 
-    def _gather(self, episodes: np.ndarray, starts: np.ndarray) -> ContextBatch:
+    def _gather(self, episodes: np.ndarray, starts: np.ndarray, stops: np.ndarray | None = None) -> ContextBatch:
+        """Windows from ``starts`` to ``stops`` (exclusive; default: the episode ends), at most K steps."""
         steps = starts[:, None] + self._offsets  # [B, K] step within the episode
-        real = steps < self.dataset.episode_lengths[episodes][:, None]  # [B, K]
+        stops = self.dataset.episode_lengths[episodes] if stops is None else stops
+        real = steps < stops[:, None]  # [B, K]
         return ContextBatch(*_gather(self.dataset, episodes, steps, real, self.normalize_states, self.reward_scale))
 
 

@@ -393,6 +393,8 @@ def test_bad_configs():
         DecisionTransformerConfig(lr=-1e-4)
     with pytest.raises(ValueError, match="unknown attention 'linear'"):
         DecisionTransformerConfig(attention="linear")
+    with pytest.raises(ValueError, match="unknown window_sampling 'middle'; use start|end"):
+        DecisionTransformerConfig(window_sampling="middle")
     with pytest.raises(ValueError, match="unknown preset 'gpt'"):
         preset("gpt")
     assert preset("flowformer").dim == 256 and preset("flowformer").heads == 4
@@ -467,3 +469,19 @@ def test_resume_refuses_another_model_size(tiny_data, tmp_path):
     with pytest.raises(InputError, match="dim is 16 in the weights but 32 in the agent being trained"):
         fit(bigger, tiny_data, TrainConfig(steps=4, **QUICK), tmp_path / "r", resume=True, progress=False)
     assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+
+
+@pytest.mark.parametrize("anchor", ["start", "end"])
+def test_window_sampling_reaches_the_sampler(anchor):
+    """DecisionTransformerConfig.window_sampling picks which end of a training window is drawn uniformly."""
+    ds = toy_dataset(episodes=6)
+    agent = make_agent(DecisionTransformerConfig(context=8, dim=16, window_sampling=anchor), ds.obs_dim, ds.act_dim)
+    sampler = agent.make_sampler(ds, seed=0)
+    assert sampler.anchor == anchor
+    batch = sampler.sample(512)
+    first, real = batch.timesteps[:, 0], batch.mask.sum(1)
+    # "end": a window is cut only by the episode start, so every short window starts at step 0;
+    # "start": only by the episode end, so short windows start late in their episode
+    short = real < 8
+    assert short.any()
+    assert np.all(first[short] == 0) == (anchor == "end")

@@ -113,6 +113,36 @@ def test_episode_choice_is_length_proportional_and_starts_uniform(dataset):
     assert counts.min() > 0.7 * counts.mean()
 
 
+def test_end_anchored_windows_end_at_a_uniform_transition(dataset):
+    """anchor="end": each window is the (up to) K steps ending at a uniformly drawn transition, cut at the
+    episode start and right-padded, with the values of the per-sample reference at that start."""
+    ds, K = dataset, 4
+    sampler = ContextSampler(ds, K, reward_scale=1e-2, seed=0, normalize_states=False, anchor="end")
+    batch = sampler.sample(20_000)
+    ep, st = _episode_and_start(ds, sampler, batch)
+    length = batch.mask.sum(1).astype(np.int64)
+    last = st + length - 1  # the drawn step: the window's last real one
+    assert np.all(length == np.minimum(last + 1, K))  # full windows unless the episode start cuts them
+    rows = ds.episode_starts[ep] + last
+    counts = np.bincount(rows, minlength=ds.num_transitions)
+    assert counts.min() > 0.7 * counts.mean()  # every transition ends windows equally often
+    for b in range(200):
+        ref = reference_window(ds, ep[b], st[b], K, 1e-2, False)
+        real = int(length[b])
+        for name, want in ref.items():
+            got = getattr(batch, name)[b]
+            want = np.array(want)
+            want[real:] = 0  # the reference runs on to the episode end; this window stops at the drawn step
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{name} b={b}")
+    # the first steps of an episode come with their whole history: step 2 of the longest episode sits at
+    # position 2 of a window starting at step 0
+    longest = int(np.argmax(ds.episode_lengths))
+    early = (ep == longest) & (last == 2)
+    assert early.any() and np.all(st[early] == 0)
+    with pytest.raises(ValueError, match="anchor"):
+        ContextSampler(ds, K, reward_scale=1.0, seed=0, anchor="middle")
+
+
 def test_windows_validate_indices(dataset):
     s = ContextSampler(dataset, 4, reward_scale=1.0, seed=0)
     with pytest.raises(ValueError, match="episode index out of range"):
